@@ -1,0 +1,2 @@
+"""replicate: a cheap-replication cost simulator."""
+__version__ = "0.1.0"

@@ -1,0 +1,27 @@
+"""Shared fixtures. Expensive things (converted models, vLLM engines) are session-scoped and
+shared across test modules; tiny random-init models are used where a real one would be slow."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# One vLLM KV cache of 1 GiB is plenty for the 135M teacher and keeps several engines in 24 GiB.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def teacher_dir():
+    """HF folder of the packaged teacher (SmolLM2-135M-Instruct), converted once."""
+    from replicate.models import resolve
+
+    return resolve("packaged:smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def base_dir():
+    """HF folder of the packaged base student (Gemma-3-270M), converted once."""
+    from replicate.models import resolve
+
+    return resolve("packaged:gemma-3-270m")
