@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="stage 2: fine-tune the student on the generated data")
     _pipeline_arg(p)
     p.add_argument("--run-dir", help="default: runs/<name>")
+    p.add_argument("--max-usd", type=float, help="stop cleanly (resumable, checkpoint saved) before spending more")
     p.set_defaults(func=lambda a: _call("replicate.finetune", "cli_finetune", a))
 
     p = sub.add_parser("evaluate", help="stage 3: compare base, student and teacher")
@@ -94,12 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole replication: estimate, generate, finetune, evaluate, report")
     _pipeline_arg(p)
     p.add_argument("--run-dir", help="default: runs/<name>")
+    p.add_argument("--calibration", help="YAML written by `replicate calibrate` (for the recorded estimate)")
     p.set_defaults(func=lambda a: _call("replicate.pipeline", "cli_run", a))
 
     p = sub.add_parser("sweep", help="copy curve: fine-tune and evaluate on nested subsets of one generation")
     _pipeline_arg(p)
     p.add_argument("--examples", required=True, help="comma-separated sizes, e.g. 50,100,200,400")
     p.add_argument("--run-dir", help="default: runs/<name>-sweep")
+    p.add_argument("--calibration", help="YAML written by `replicate calibrate` (for the recorded estimates)")
     p.set_defaults(func=lambda a: _call("replicate.pipeline", "cli_sweep", a))
 
     p = sub.add_parser("report", help="report.md/.html/.json from a run directory")

@@ -1,0 +1,247 @@
+"""The evaluate stage's models and their generations: which three models, their prompt formats,
+their greedy outputs on every item (through replicate/teacher.py, cached per model in
+eval/generations/ so a rerun resumes), and what the stage's device and API tokens cost.
+The model-based scores are in replicate/modelscores.py; replicate/evaluate.py calls both in order.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from replicate.config import Evaluate, Pipeline
+from replicate.errors import UserError
+from replicate.evaldata import user_message
+from replicate.meter import append_jsonl, read_jsonl
+from replicate.template import alpaca_prompt
+
+CHUNK = 32  # prompts per engine call: enough to keep the engine's batch full, small enough to resume
+
+
+@dataclass
+class Contender:
+    role: str  # base | student | teacher
+    ref: str  # the reference as given (packaged:NAME, a folder, an API model name)
+    path: Path | None  # local HF folder; None for an API model
+    chat: bool  # chat template (True) or the Alpaca training template (False)
+    backend: str  # vllm | transformers | openai
+    max_len: int  # context length: prompts at least this long are skipped and counted
+    trust_remote_code: bool = False
+
+    @property
+    def signature(self) -> tuple:
+        """Two roles with the same signature produce the same outputs: generate them once."""
+        return (str(self.path.resolve()) if self.path else self.ref, self.chat, self.backend)
+
+
+def _model_config(path: Path) -> dict:
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{path}: not an HF model folder (config.json missing or unreadable)") from None
+    return {**cfg.get("text_config", {}), **cfg}
+
+
+def has_chat_template(path: Path) -> bool:
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    try:
+        return bool(json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _local(role: str, ref: str, path: Path, chat: bool, backend: str, max_len: int, trc: bool) -> Contender:
+    if chat and not has_chat_template(path):
+        raise UserError(f"{role} {ref}: the chat prompt format needs a chat template, and this tokenizer has none")
+    own = int(_model_config(path).get("max_position_embeddings") or max_len)
+    return Contender(role, ref, path, chat, backend, min(max_len, own), trc)
+
+
+def contenders(cfg: Pipeline, student_dir: Path) -> list[Contender]:
+    """Teacher, base and student, resolved to local folders (missing ones are one-line errors)."""
+    from replicate.models import resolve
+
+    t, ev = cfg.teacher, cfg.evaluate
+    if t.backend == "openai":
+        teacher = Contender("teacher", t.model, None, True if t.chat is None else t.chat, "openai", 1 << 30)
+    else:
+        path = resolve(t.model, trust_remote_code=t.trust_remote_code)
+        chat = has_chat_template(path) if t.chat is None else t.chat
+        teacher = _local("teacher", t.model, path, chat, t.backend, t.max_model_len, t.trust_remote_code)
+    trc = cfg.student.trust_remote_code
+    base = _local("base", cfg.student.model, resolve(cfg.student.model, trust_remote_code=trc), False,
+                  ev.backend, ev.max_model_len, trc)
+    student_dir = Path(student_dir)
+    if not (student_dir / "config.json").is_file():
+        raise UserError(f"evaluate: no student model in {student_dir} (no config.json): run `replicate finetune` "
+                        "first, or give --student DIR")
+    student = _local("student", str(student_dir), student_dir, ev.student_prompt == "chat", ev.backend,
+                     ev.max_model_len, trc)
+    # The teacher last: when it is also the judge, its engine stays up for the judging that follows.
+    return [base, student, teacher]
+
+
+def prompt_for(c: Contender, item: dict):
+    """What the backend is given: chat messages for a chat model, else the Alpaca training prompt."""
+    if c.chat:
+        return [{"role": "user", "content": user_message(item["instruction"], item.get("input", ""))}]
+    return alpaca_prompt(item["instruction"], item.get("input", ""))
+
+
+def prompt_text(c: Contender, tok, item: dict) -> str:
+    """The same prompt as text (the chat template rendered exactly as teacher.py renders it)."""
+    from replicate.teacher import render_chat
+
+    p = prompt_for(c, item)
+    return p if isinstance(p, str) else render_chat(tok, p)
+
+
+def usd_per_device_hour(cfg: Pipeline) -> float:
+    """Price of the device the evaluation runs on (evaluate.hardware, else the teacher's)."""
+    from replicate import catalog
+
+    hw = cfg.evaluate.hardware or cfg.teacher.hardware
+    return catalog.usd_per_device_hour(hw.gpu, cfg.prices, hw.spot) * hw.count
+
+
+def api_usd(model: str, year: int, prompt_tokens: int, output_tokens: int) -> float:
+    """Per-token price of a hosted model; 0 for a local OpenAI-compatible server without a price."""
+    from replicate import catalog
+
+    if not catalog.has_api_price(model, year):
+        return 0.0
+    return catalog.api_price(model, year).usd(prompt_tokens, output_tokens)
+
+
+@contextlib.contextmanager
+def progress() -> Iterator:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=False) as bar:
+        yield bar
+
+
+# ---------------------------------------------------------------------------- generation
+
+@dataclass
+class Generations:
+    outputs: dict[str, dict[str, list]] = field(default_factory=dict)  # role -> kind -> text | None (skipped)
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    api_usd: float = 0.0
+    skipped: dict[str, int] = field(default_factory=dict)  # prompts too long for the model's context
+    teacher_backend: object = None  # left open when the judge is the teacher itself (closed by the caller)
+
+
+def _open_backend(c: Contender, cfg: Pipeline):
+    from replicate.teacher import TransformersTeacher, VLLMTeacher, open_teacher
+
+    try:
+        if c.role == "teacher":
+            return open_teacher(cfg.teacher)
+        if c.backend == "vllm":
+            return VLLMTeacher(c.path, chat=c.chat, max_model_len=c.max_len, seed=cfg.evaluate.seed,
+                               trust_remote_code=c.trust_remote_code, max_in_flight=64)
+        elif c.backend == "transformers":
+            return TransformersTeacher(c.path, chat=c.chat, trust_remote_code=c.trust_remote_code)
+    except RuntimeError as e:  # vLLM's "Engine core initialization failed" (the cause is in its log above)
+        raise UserError(f"could not start the {c.backend} engine for the {c.role} ({c.ref}): {str(e).splitlines()[0]}"
+                        " -- often too little free memory: stop other engines, lower VLLM_CPU_KVCACHE_SPACE, "
+                        "or set evaluate.backend: transformers; rerun to resume") from None
+    raise UserError(f"evaluate.backend: unknown backend {c.backend!r}")
+
+
+def _cache(out_dir: Path, c: Contender, ev: Evaluate) -> tuple[Path, dict, dict]:
+    """(file, meta, rows already generated by this same model and settings) for one role."""
+    path = out_dir / "generations" / f"{c.role}.jsonl"
+    meta = {"model": list(c.signature), "max_tokens": ev.max_tokens, "probe_max_tokens": ev.probe_max_tokens,
+            "max_len": c.max_len, "seed": ev.seed}
+    rows = read_jsonl(path)
+    if rows and rows[0].get("meta") != meta:
+        path.unlink()  # another model or other settings: start this role afresh
+        rows = []
+    if not rows:
+        append_jsonl(path, {"meta": meta})
+    return path, meta, {(r["kind"], r["id"]): r for r in rows[1:] if "kind" in r}
+
+
+def judge_is_teacher(cfg: Pipeline) -> bool:
+    """The judge is the teacher's own self-hosted model: one engine serves both."""
+    j, t = cfg.evaluate.judge, cfg.teacher
+    return j is not None and j.backend == t.backend != "openai" and j.model == t.model
+
+
+def generate_all(cons: list[Contender], opens: list[dict], probes: list[dict], cfg: Pipeline, out_dir: Path,
+                 bar, teacher_backend=None) -> Generations:
+    """Every model answers every open item and probe, greedily. Resumable: rows are appended to
+    eval/generations/<role>.jsonl as they finish, and a rerun generates only what is missing.
+    Engines are started only for models with work left, one at a time, and closed after use."""
+    from transformers import AutoTokenizer
+
+    from replicate.teacher import Sampling
+
+    ev = cfg.evaluate
+    gen = Generations()
+    done_by_sig: dict[tuple, dict] = {}
+    jobs = [("open", it, Sampling(max_tokens=ev.max_tokens, temperature=0.0, seed=ev.seed)) for it in opens]
+    jobs += [("probe", it, Sampling(max_tokens=ev.probe_max_tokens, temperature=0.0, seed=ev.seed)) for it in probes]
+    for c in cons:
+        task = bar.add_task(f"generate {c.role}", total=len(jobs))
+        path, _, have = _cache(out_dir, c, ev)
+        same = done_by_sig.get(c.signature)
+        if same is not None:  # e.g. student == base: identical prompts and model, nothing to run
+            for key, row in same.items():
+                if key not in have:
+                    append_jsonl(path, row)
+                    have[key] = row
+        todo = [(kind, it, s) for kind, it, s in jobs if (kind, it["id"]) not in have]
+        backend = None
+        tok = AutoTokenizer.from_pretrained(c.path, trust_remote_code=c.trust_remote_code) if c.path and todo else None
+        try:
+            bar.update(task, completed=len(jobs) - len(todo))
+            for kind in ("open", "probe"):
+                part = [(it, s) for k, it, s in todo if k == kind]
+                for i in range(0, len(part), CHUNK):
+                    chunk = part[i:i + CHUNK]
+                    runnable = []
+                    for it, s in chunk:
+                        if tok is not None and _prompt_len(c, tok, it) >= c.max_len:
+                            row = {"kind": kind, "id": it["id"], "output": None, "skipped": "context"}
+                            append_jsonl(path, row)
+                            have[(kind, it["id"])] = row
+                        else:
+                            runnable.append(it)
+                    if runnable:
+                        if backend is None:
+                            backend = teacher_backend if (c.role == "teacher" and teacher_backend) else \
+                                _open_backend(c, cfg)
+                        outs = backend.complete([prompt_for(c, it) for it in runnable], chunk[0][1])
+                        for it, o in zip(runnable, outs):
+                            row = {"kind": kind, "id": it["id"], "output": o.text, "prompt_tokens": o.prompt_tokens,
+                                   "output_tokens": o.output_tokens, "finish_reason": o.finish_reason}
+                            append_jsonl(path, row)
+                            have[(kind, it["id"])] = row
+                            gen.prompt_tokens += o.prompt_tokens
+                            gen.output_tokens += o.output_tokens
+                            if c.backend == "openai":
+                                gen.api_usd += api_usd(c.ref, cfg.prices, o.prompt_tokens, o.output_tokens)
+                    bar.advance(task, len(chunk))
+        finally:
+            if c.role == "teacher" and backend is not None and backend is not teacher_backend \
+                    and judge_is_teacher(cfg):
+                gen.teacher_backend = backend
+            elif backend is not None and backend is not teacher_backend:
+                backend.close()
+        done_by_sig[c.signature] = have
+        gen.outputs[c.role] = {kind: [have[(kind, it["id"])]["output"] for it in items]
+                               for kind, items in (("open", opens), ("probe", probes))}
+        gen.skipped[c.role] = sum(1 for r in have.values() if r.get("skipped"))
+    return gen
+
+
+def _prompt_len(c: Contender, tok, item: dict) -> int:
+    return len(tok(prompt_text(c, tok, item), add_special_tokens=not c.chat)["input_ids"])

@@ -1,0 +1,248 @@
+"""Stage 3: how much of the teacher did the copy get? Base, student and teacher answer the same
+prompts; the copy is scored against the teacher (fidelity, preference) and against the truth
+(capability probes), normalised between base and teacher, with bootstrap 95% intervals.
+
+    replicate evaluate pipelines/tiny-cpu.yaml                     # student = runs/<name>/student/merged
+    replicate evaluate --student DIR --teacher REF --base REF     # any three models
+
+Reads top to bottom: models -> items -> generate (vLLM via teacher.py, cached per model in
+eval/generations/) -> per-item scores -> bootstrap -> eval/samples.jsonl, eval/alpaca_eval.json and,
+LAST, eval/scores.json. One `evaluate` ledger line meters the whole stage (judge tokens included).
+Metric definitions: docs/evaluation.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from replicate import evalgen, meter, modelscores
+from replicate import metrics as M
+from replicate.config import Pipeline, Student, Teacher, load_pipeline, parse_pipeline
+from replicate.errors import UserError
+from replicate.evaldata import open_items, probe_items, user_message
+from replicate.evalscore import ROLES, SPEC, build_scores
+
+
+def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = None,
+                 out_dir: Path | None = None, teacher=None) -> dict:
+    """Evaluate base, student and teacher; returns the scores (also written to out_dir/scores.json).
+
+    `teacher`: an already started teacher backend (replicate.teacher.Backend) to reuse instead of
+    starting one from cfg.teacher (tests and sweeps share one engine); it is not closed here."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir / "eval"
+    ev = cfg.evaluate
+    cons = evalgen.contenders(cfg, Path(student_dir) if student_dir else run_dir / "student" / "merged")
+    opens, probes = open_items(ev, run_dir), probe_items(ev)
+    if not opens and not probes:
+        raise UserError("evaluate: nothing to evaluate (evaluate.examples and evaluate.probes are both 0)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    usd_per_hour = evalgen.usd_per_device_hour(cfg)
+    with meter.stage(run_dir, "evaluate", usd_per_device_hour=usd_per_hour) as m, evalgen.progress() as bar:
+        gen = evalgen.generate_all(cons, opens, probes, cfg, out_dir, bar, teacher_backend=teacher)
+        m.add(prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens)
+        m.add_usd(gen.api_usd)
+        per_item: dict[str, dict[str, np.ndarray]] = {}
+        ref, valid = reference(gen.outputs)
+        # The judge first: when it is the teacher, the teacher's engine is still up; free it before
+        # the scoring models load.
+        judge_backend = gen.teacher_backend or (teacher if evalgen.judge_is_teacher(cfg) else None)
+        try:
+            judge = modelscores.judge_scores(cfg, opens, gen.outputs, ref, valid, per_item, out_dir, bar,
+                                             backend=judge_backend)
+        finally:
+            if gen.teacher_backend is not None:
+                gen.teacher_backend.close()
+        extra = score_items(cfg, cons, opens, probes, gen.outputs, ref, valid, per_item, bar)
+        extra["judge"] = judge
+        m.add_usd(extra["judge"].get("usd", 0.0))
+        lengths = {r: np.array([len(o or "") for o in gen.outputs[r]["open"]], float) for r in ROLES}
+        t0 = time.perf_counter()
+        scores = build_scores(per_item, {"open": len(opens), "probe": len(probes)}, ev.bootstrap_samples,
+                              ev.seed, lengths)
+        scores["bootstrap_s"] = round(time.perf_counter() - t0, 2)
+        scores.update(describe(cfg, cons, opens, probes, gen, extra, per_item))
+        m.set(examples=len(opens), probes=len(probes), models=len(cons),
+              judge_prompt_tokens=extra["judge"].get("prompt_tokens", 0),
+              judge_output_tokens=extra["judge"].get("output_tokens", 0),
+              judge_usd=extra["judge"].get("usd", 0.0), judge_unresolved=sum(extra["judge"].get("unresolved", {}).values()))
+        write_samples(out_dir, opens, probes, gen.outputs, per_item)
+        write_alpaca_eval(out_dir, opens, gen.outputs, cons)
+        scores["cost"] = {"wall_s": round(m.wall_s, 1), "usd": m.usd_so_far(), "device": m.device,
+                          "prompt_tokens": int(m.fields.get("prompt_tokens", 0)),
+                          "output_tokens": int(m.fields.get("output_tokens", 0))}
+        write_json_atomic(out_dir / "scores.json", scores)  # LAST: its presence marks the stage done
+    return scores
+
+
+def reference(outputs) -> tuple[list[str], np.ndarray]:
+    """The teacher's open outputs (the reference), and which items can be scored against them:
+    the teacher said something and no model skipped the item for length."""
+    teacher_open = outputs["teacher"]["open"]
+    valid = np.array([t is not None and t.strip() != "" and all(outputs[r]["open"][i] is not None for r in ROLES)
+                      for i, t in enumerate(teacher_open)], bool)
+    return [t or "" for t in teacher_open], valid
+
+
+def score_items(cfg, cons, opens, probes, outputs, ref, valid, per_item, bar) -> dict:
+    """Fill per_item[metric][role] (nan = undefined for that item) for every metric but the judge's."""
+    for name, fn in (("rougeL_f", M.rouge_l_f), ("chrf", M.chrf)):
+        per_item[name] = {r: np.where(valid, [fn(o or "", t) for o, t in zip(outputs[r]["open"], ref)], np.nan)
+                          for r in ROLES}
+    embed_note = modelscores.embedding_scores(cfg.evaluate, outputs, ref, valid, per_item, bar)
+    token_note = modelscores.token_scores(cfg, cons, opens, ref, valid, per_item, bar)
+    pvalid = np.array([all(outputs[r]["probe"][i] is not None for r in ROLES) for i in range(len(probes))], bool)
+    acc = {r: np.where(pvalid, [float(M.probe_correct(o or "", p)) for o, p in zip(outputs[r]["probe"], probes)],
+                       np.nan) for r in ROLES}
+    ind = np.array([bool(p["in_distribution"]) for p in probes], bool)
+    per_item["accuracy"] = acc
+    per_item["accuracy_in_dist"] = {r: np.where(ind, v, np.nan) for r, v in acc.items()}
+    per_item["accuracy_ood"] = {r: np.where(~ind, v, np.nan) for r, v in acc.items()}
+    per_item["strict_match"] = {r: np.where(pvalid, [float(M.probe_strict(o or "", p)) for o, p in
+                                                     zip(outputs[r]["probe"], probes)], np.nan) for r in ROLES}
+    teacher_empty = sum(1 for t in outputs["teacher"]["open"] if t is not None and not t.strip())
+    return {"embedding": embed_note, "token": token_note, "teacher_empty": teacher_empty}
+
+
+def describe(cfg, cons, opens, probes, gen, extra, per_item) -> dict:
+    """The parts of scores.json that say what was measured and what was left out."""
+    by_cat: dict[str, dict[str, float]] = {}
+    for cat in sorted({p["category"] for p in probes}):
+        ix = [i for i, p in enumerate(probes) if p["category"] == cat]
+        by_cat[cat] = {r: M.finite_or_none(M.nanmean(per_item["accuracy"][r][ix])) for r in ROLES}
+        by_cat[cat]["in_distribution"] = bool(probes[ix[0]]["in_distribution"])
+        by_cat[cat]["n"] = len(ix)
+    empty = {r: sum(1 for o in gen.outputs[r]["open"] + gen.outputs[r]["probe"] if o is not None and not o.strip())
+             for r in ROLES}
+    return {
+        "name": cfg.name,
+        "models": {c.role: {"ref": c.ref, "path": str(c.path) if c.path else None,
+                            "prompt": "chat" if c.chat else "alpaca", "backend": c.backend} for c in cons},
+        "counts": {"open_items": len(opens), "held_out_items": sum(1 for o in opens if o["source"] == "held_out"),
+                   "probes": len(probes), "probes_in_distribution": sum(1 for p in probes if p["in_distribution"]),
+                   "probes_ood": sum(1 for p in probes if not p["in_distribution"]),
+                   "skipped_context": gen.skipped, "empty_outputs": empty, "teacher_empty": extra["teacher_empty"],
+                   "token_fidelity": extra["token"], "embedding": extra["embedding"],
+                   "judge": {k: v for k, v in extra["judge"].items() if k != "prefs"}},
+        "strict_match": {r: M.finite_or_none(M.nanmean(per_item["strict_match"][r])) for r in ROLES},
+        "capability_by_category": by_cat,
+        "settings": cfg.evaluate.model_dump(mode="json"),
+    }
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=float))
+    os.replace(tmp, path)
+
+
+def _f(x):
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
+def write_samples(out_dir: Path, opens, probes, outputs, per_item) -> None:
+    """eval/samples.jsonl: every prompt, every model's output and every per-item score."""
+    rows = []
+    for kind, items in (("open", opens), ("probe", probes)):
+        for i, it in enumerate(items):
+            row = {"kind": kind, **{k: it[k] for k in ("id", "category", "instruction", "input") if k in it}}
+            if kind == "probe":
+                row.update(answers=it["answers"], in_distribution=it["in_distribution"])
+            row["outputs"] = {r: outputs[r][kind][i] for r in ROLES}
+            row["scores"] = {r: {m: _f(v[r][i]) for m, v in per_item.items()
+                                 if r in v and (SPEC[m].items if m in SPEC else "probe") == kind}
+                             for r in ROLES}
+            rows.append(row)
+    tmp = out_dir / "samples.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    os.replace(tmp, out_dir / "samples.jsonl")
+
+
+def write_alpaca_eval(out_dir: Path, opens, outputs, cons) -> None:
+    """The student's (and, as reference, the teacher's) outputs in AlpacaEval's model_outputs format:
+    alpaca_eval --model_outputs eval/alpaca_eval.json --reference_outputs eval/alpaca_eval_teacher.json"""
+    names = {c.role: Path(c.ref).name if c.path else c.ref for c in cons}
+    for role, fname in (("student", "alpaca_eval.json"), ("teacher", "alpaca_eval_teacher.json")):
+        rows = [{"instruction": user_message(it["instruction"], it["input"]), "output": outputs[role]["open"][i] or "",
+                 "generator": f"{role}:{names[role]}", "dataset": f"replicate-{it['source']}"}
+                for i, it in enumerate(opens)]
+        write_json_atomic(out_dir / fname, rows)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def _fmt(d: dict | None, nd: int = 3, ci: bool = True) -> str:
+    if not d or d.get("mean") is None:
+        return (d or {}).get("why", "-") if d else "-"
+    lo, hi = d["ci"]
+    return f"{d['mean']:.{nd}g}" + (f" [{lo:.{nd}g}, {hi:.{nd}g}]" if ci and lo is not None else "")
+
+
+def print_summary(scores: dict) -> None:
+    """The table a user reads: each metric for base / student / teacher, then the gap closed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=max(Console().width, 120))
+    t = Table(title=f"evaluate {scores.get('name', '')}: how much of the teacher did the student copy? "
+                    "(mean [95% CI])")
+    for col in ("metric", "base", "student", "teacher", "gap closed"):
+        t.add_column(col, overflow="fold")
+    for fam in ("style", "fidelity", "capability"):
+        rows = [(n, m) for n, m in scores["metrics"].items() if m["family"] == fam]
+        if not rows:
+            continue
+        for name, m in rows:
+            label = name + ("" if m["higher_is_better"] else " (lower is better)") + ("" if m["headline"] else " *")
+            t.add_row(label, _fmt(m["base"], ci=False), _fmt(m["student"], ci=False), _fmt(m["teacher"], ci=False),
+                      _fmt(m.get("gap_closed"), 2))
+        t.add_row(f"[bold]{fam} gap closed[/]", "", "", "", f"[bold]{_fmt(scores['gap_closed'].get(fam), 2)}[/]",
+                  end_section=True)
+    for key in ("illusion_gap", "illusion_gap_style"):
+        if scores.get(key):
+            t.add_row(f"[bold]{key}[/] = {scores[key]['definition']}", "", "", "", f"[bold]{_fmt(scores[key], 2)}[/]")
+    con.print(t)
+    c = scores["counts"]
+    con.print(f"* not in the family's gap closed.  {c['open_items']} open items, {c['probes']} probes "
+              f"({c['probes_in_distribution']} in / {c['probes_ood']} out of distribution); skipped for length "
+              f"{c['skipped_context']}; empty outputs {c['empty_outputs']}; judge: "
+              f"{c['judge'].get('unresolved', c['judge'].get('note'))} unresolved; "
+              f"${scores['cost']['usd']:.4f} in {scores['cost']['wall_s']:.0f} s")
+
+
+def cli_evaluate(args: argparse.Namespace) -> int:
+    if args.pipeline:
+        cfg = load_pipeline(args.pipeline, args.overrides)
+        data = cfg.model_dump(mode="json", exclude_none=True)
+        if args.teacher:
+            data["teacher"]["model"] = args.teacher
+        if args.base:
+            data["student"]["model"] = args.base
+        cfg = parse_pipeline(data, args.pipeline)
+    else:
+        missing = [f"--{k}" for k in ("student", "teacher", "base") if not getattr(args, k)]
+        if missing:
+            raise UserError(f"evaluate: give a pipeline YAML, or all of --student, --teacher, --base "
+                            f"(missing {', '.join(missing)})")
+        data = Pipeline(name="evaluate", teacher=Teacher(model=args.teacher),
+                        student=Student(model=args.base)).model_dump(mode="json", exclude_none=True)
+        from replicate.config import set_dotted
+
+        for item in args.overrides:
+            if "=" not in item:
+                raise UserError(f"--set {item}: expected key=value")
+            k, v = item.split("=", 1)
+            set_dotted(data, k.strip(), v)
+        cfg = parse_pipeline(data, "--set")
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
+    scores = run_evaluate(cfg, run_dir, student_dir=Path(args.student) if args.student else None)
+    if args.json:
+        print(json.dumps(scores, indent=2, default=float))
+    else:
+        print_summary(scores)
+    return 0

@@ -1,0 +1,289 @@
+"""Stage 1: instruction data from the teacher, resumable and metered.
+
+    replicate generate pipelines/tiny-cpu.yaml [--max-usd 0.50]   # kill it any time; rerun resumes
+
+Modes (replicate/generate_modes.py): `self-instruct` (Alpaca's algorithm: parse, filters, ROUGE-L
+dedup), `respond` (the teacher answers a given instruction file) and `none` (an existing Alpaca
+file becomes the dataset, no teacher).
+
+How a run goes: the teacher streams (teacher.py): it asks `feed(n)` for requests whenever the
+engine has room, and each finished completion is parsed, filtered and appended to data/log.jsonl
+(one write + fsync) before it counts. Request i is a pure function of (seed, i), so the log's
+set of finished indices is all the RNG state a resume needs: a rerun redoes the holes a kill
+left (requests that were in flight), then goes on. Files: see replicate/generate_io.py.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from replicate import generate_io as io
+from replicate import meter
+from replicate.config import Pipeline
+from replicate.errors import BudgetExceeded, UserError
+from replicate.generate_modes import make_mode
+from replicate.teacher import Backend, Completion, Request, Sampling
+
+GIVE_UP_AFTER = 32  # finished requests without one kept row: the teacher is not producing data
+HEARTBEAT_S = 5.0  # a killed chunk's ledger line misses at most this much wall time
+
+
+@dataclass
+class Tally:
+    """Counts over every finished request of this run directory (all chunks)."""
+
+    requests: int = 0
+    parsed: int = 0
+    empty: int = 0  # responses with no text at all
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    dropped: dict = field(default_factory=dict)
+    rows: list = field(default_factory=list)  # kept rows, in the order they were kept
+    done: set = field(default_factory=set)  # finished request indices
+
+    def add(self, rec: dict) -> None:
+        self.requests += 1
+        self.parsed += rec["parsed"]
+        self.empty += rec["empty"]
+        self.prompt_tokens += rec["prompt_tokens"]
+        self.output_tokens += rec["output_tokens"]
+        self.dropped = io.add_counts(self.dropped, rec["dropped"])
+        self.rows.extend(rec["rows"])
+        self.done.add(rec["index"])
+
+
+def run_generate(cfg: Pipeline, run_dir: Path, *, max_usd: float | None = None,
+                 limit_examples: int | None = None, teacher: Backend | None = None,
+                 progress: bool = True) -> dict:
+    """Generate until `examples` training rows (plus the held-out share) are kept; resumable.
+    `teacher`: an open backend to use instead of starting one (tests, benchmarks)."""
+    run_dir = Path(run_dir)
+    data_dir = run_dir / "data"
+    g = cfg.generate
+    examples = min(g.examples, limit_examples or g.examples)
+    done = io.read_done(data_dir)
+    if done and (done["train_rows"] >= examples or done.get("exhausted")):
+        return done  # finished earlier: nothing to redo
+    if g.mode == "none":
+        return _reuse(cfg, data_dir, examples)
+    mode = make_mode(cfg)  # reads and checks the input files before any engine starts
+    io.check_settings(data_dir, _settings(cfg))
+    log = io.read_log(data_dir)
+    io.recover_chunk(run_dir, log)
+    tally = Tally()
+    for rec in log:
+        tally.add(rec)
+    if max_usd is not None and _spent(run_dir) >= max_usd:
+        raise BudgetExceeded(f"generate has spent ${_spent(run_dir):.4f} of --max-usd ${max_usd:g}: rerun with more")
+    (data_dir / io.DONE).unlink(missing_ok=True)  # the target grew: the stage is open again
+    mode.restore(tally.rows)
+    run = _Run(cfg, run_dir, mode, tally, io.rows_needed(examples, g.held_out_fraction), max_usd)
+    stop = run.go(teacher, progress)
+    stats = _finish(cfg, run_dir, tally, examples, run, run.price_note)
+    if stop == "budget" and not run.complete:
+        raise BudgetExceeded(
+            f"generate stopped at ${stats['usd']:.4f} (--max-usd {max_usd:g}) with {stats['kept']} of "
+            f"{run.needed} rows kept; everything finished is saved: rerun with a higher --max-usd to continue")
+    if stop == "no-rows":
+        raise UserError(
+            f"the teacher produced no usable rows in {tally.requests} requests (parsed {tally.parsed}, empty "
+            f"{tally.empty}, dropped {tally.dropped}); check teacher.model / teacher.chat (see data/log.jsonl)")
+    return stats
+
+
+class _Run:
+    """One chunk of generation: feeds the teacher, records completions, meters, obeys the budget."""
+
+    def __init__(self, cfg, run_dir, mode, tally, needed, max_usd):
+        self.cfg, self.run_dir, self.mode, self.tally = cfg, run_dir, mode, tally
+        self.needed, self.max_usd = needed, max_usd
+        self.limit = mode.limit if mode.limit is not None else math.inf
+        top = max(tally.done, default=-1) + 1
+        self.holes = [i for i in range(top) if i not in tally.done]  # in flight when a run was killed
+        self.next = top
+        self.in_flight: dict[str, tuple[int, dict]] = {}  # request id -> (index, prompt metadata)
+        self.stop: str | None = None
+        self.prior_usd, self.prior_requests = _spent(run_dir), tally.requests
+        self.chunk_id = f"{meter.now_iso()}-{random.getrandbits(32):08x}"
+        self.usd_h, self.api, self.price_note = _pricing(cfg)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.next >= self.limit and not self.holes
+
+    @property
+    def complete(self) -> bool:
+        return len(self.tally.rows) >= self.needed or self.exhausted
+
+    def spent(self) -> float:
+        return self.prior_usd + self.m.usd_so_far()
+
+    def feed(self, free: int) -> list[Request]:
+        """Up to `free` more requests, while the target, the budget and the input allow."""
+        kept, t = len(self.tally.rows), self.tally
+        if self.stop or kept >= self.needed:
+            return []
+        if t.requests >= GIVE_UP_AFTER and kept == 0:
+            self.stop = "no-rows"
+            return []
+        # Requests still useful at the yield so far (kept rows per request; 1 before any), +10%.
+        per_request = kept / t.requests if t.requests else 1.0
+        n = min(free, max(math.ceil((self.needed - kept) / max(per_request, 0.05) * 1.1) - len(self.in_flight), 0))
+        if self.max_usd is not None and (t.requests or self.api):
+            # Dollars per request (the mean so far; before any, an API's price of max_tokens of
+            # output) -> how many more fit, counting those in flight.
+            per = self.spent() / t.requests if t.requests else self.api.usd(0, self.cfg.generate.max_tokens)
+            n = min(n, max(math.floor((self.max_usd - self.spent()) / per) - len(self.in_flight), 0))
+            if n == 0 and not self.in_flight:
+                self.stop = "budget"
+        out = []
+        while len(out) < n and (self.holes or self.next < self.limit):
+            if self.holes:
+                i = self.holes.pop(0)
+            else:
+                i, self.next = self.next, self.next + 1
+            req, meta = self.mode.request(i)
+            self.in_flight[req.request_id] = (i, meta)
+            out.append(req)
+        return out
+
+    def record(self, c: Completion) -> None:
+        """Parse and filter one completion; its log line is durable before anything counts it."""
+        i, meta = self.in_flight.pop(c.request_id)
+        parsed, kept, dropped = self.mode.rows(i, c)
+        usd_api = self.api.usd(c.prompt_tokens, c.output_tokens) if self.api else 0.0
+        rec = {"index": i, "request_id": c.request_id, "rng": {"seed": self.cfg.generate.seed, "index": i}, **meta,
+               "finish_reason": c.finish_reason, "empty": not c.text.strip(), "prompt_tokens": c.prompt_tokens,
+               "output_tokens": c.output_tokens, "latency_s": round(c.latency_s, 3), "parsed": parsed,
+               "dropped": dropped, "rows": kept, "chunk": self.chunk_id, "t": round(self.m.wall_s, 3),
+               "usd_api": usd_api}
+        meter.append_jsonl(self.run_dir / "data" / io.LOG, rec)
+        self.tally.add(rec)
+        self.m.add_usd(usd_api)
+        self.m.add(prompt_tokens=c.prompt_tokens, output_tokens=c.output_tokens, requests=1, parsed=parsed,
+                   kept=len(kept))
+        self.m.set(dropped=io.add_counts(self.m.fields["dropped"], dropped))
+        if self.max_usd is not None and self.spent() > self.max_usd:
+            self.stop = "budget"  # in-flight requests finish; nothing new starts
+
+    def go(self, teacher: Backend | None, progress: bool) -> str | None:
+        """Meter the chunk, engine start-up and shutdown included (device time paid for)."""
+        g, t = self.cfg.generate, self.cfg.teacher
+        api = t.backend == "openai"
+        with meter.stage(self.run_dir, "generate", usd_per_device_hour=self.usd_h,
+                         device=f"api: {t.model}" if api else None, num_devices=1 if api else t.hardware.count) as self.m:
+            self.m.set(chunk_id=self.chunk_id, mode=g.mode, teacher=t.model, backend=t.backend,
+                       resumed=self.tally.requests > 0, requests=0, parsed=0, kept=0, dropped={}, startup_s=0.0)
+            io.write_heartbeat(self.run_dir, self.m.row())  # from now on a kill still gets a ledger line
+            own = teacher is None
+            if own:
+                from replicate.teacher import open_teacher
+
+                teacher = open_teacher(t, max_in_flight=g.requests_per_batch)
+                self.m.set(startup_s=round(self.m.wall_s, 3))
+                if not api:  # the engine has imported torch now, so CUDA devices can be named
+                    self.m.device = meter.device_name()[0]
+            self.mode.chat = teacher.chat
+            sampling = Sampling(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
+                                stop=self.mode.stop, seed=g.seed)
+            bar = io.Bar(progress, self.needed, len(self.tally.rows))
+            beat = time.perf_counter()
+            try:
+                for c in teacher.stream(self.feed, sampling):
+                    self.record(c)
+                    bar.update(len(self.tally.rows), self.m.fields["output_tokens"] / self.m.wall_s, self.spent())
+                    if time.perf_counter() - beat > HEARTBEAT_S:
+                        io.write_heartbeat(self.run_dir, self.m.row())
+                        beat = time.perf_counter()
+            finally:
+                bar.close()
+                if own:
+                    teacher.close()
+                io.write_heartbeat(self.run_dir, self.m.row())  # an exception skips the ledger line below
+        io.clear_heartbeat(self.run_dir)
+        return self.stop
+
+
+def _settings(cfg: Pipeline) -> dict:
+    """What must not change between a run and its resume (the rows would mix two datasets)."""
+    t, g = cfg.teacher, cfg.generate
+    return {"mode": g.mode, "teacher": t.model, "chat": t.chat, "seed": g.seed, "temperature": g.temperature,
+            "top_p": g.top_p, "max_tokens": g.max_tokens, "seed_tasks_file": g.seed_tasks_file,
+            "instructions_file": g.instructions_file}
+
+
+def _spent(run_dir: Path) -> float:
+    """Dollars spent by earlier generate chunks of this run directory (killed ones included)."""
+    return sum(r.get("usd", 0.0) for r in meter.read_ledger(run_dir)
+               if r.get("stage") == "generate" and r.get("kind") == "measured")
+
+
+def _pricing(cfg: Pipeline):
+    """(usd per device-hour, API price or None, note): APIs are priced per token, self-hosted
+    teachers per device-hour of `teacher.hardware` (the price table of `prices`)."""
+    from replicate import catalog
+
+    t = cfg.teacher
+    if t.backend == "openai":
+        if not catalog.has_api_price(t.model, cfg.prices):
+            return 0.0, None, f"no {cfg.prices} API price for {t.model}: not counted"
+        p = catalog.api_price(t.model, cfg.prices)
+        return 0.0, p, f"API ${p.input_usd_per_m}/M input, ${p.output_usd_per_m}/M output, {cfg.prices}"
+    usd_h = catalog.usd_per_device_hour(t.hardware.gpu, cfg.prices, t.hardware.spot)
+    return usd_h, None, f"${usd_h}/device-hour x {t.hardware.count} {t.hardware.gpu}, {cfg.prices}"
+
+
+def _finish(cfg, run_dir, tally, examples, run, price_note) -> dict:
+    """Dataset files and card from the log (after every run), done.json last (complete runs only)."""
+    data_dir = run_dir / "data"
+    g = cfg.generate
+    rows = tally.rows[:io.rows_needed(examples, g.held_out_fraction)]
+    train_n, held_n = io.write_dataset(data_dir, rows, g.held_out_fraction)
+    chunks = [r for r in meter.read_ledger(run_dir) if r.get("stage") == "generate" and r.get("kind") == "measured"]
+    stats = {
+        "name": cfg.name, "teacher": cfg.teacher.model, "backend": cfg.teacher.backend, "chat": run.mode.chat,
+        "mode": g.mode, "seed": g.seed, "complete": run.complete, "exhausted": run.exhausted,
+        "sampling": {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens},
+        "train_rows": train_n, "held_out_rows": held_n, "held_out_fraction": g.held_out_fraction,
+        "requests": tally.requests, "parsed": tally.parsed, "kept": len(tally.rows), "empty_responses": tally.empty,
+        "dropped": tally.dropped, "prompt_tokens": tally.prompt_tokens, "output_tokens": tally.output_tokens,
+        "wall_s": sum(r["wall_s"] for r in chunks), "device_hours": sum(r["device_hours"] for r in chunks),
+        "usd": sum(r["usd"] for r in chunks), "chunks": len(chunks), "device": chunks[-1]["device"] if chunks else "",
+        "price": price_note,
+    }
+    io.write_card(data_dir, stats)
+    if run.complete:
+        io.write_done(data_dir, stats)
+    return stats
+
+
+def _reuse(cfg: Pipeline, data_dir: Path, examples: int) -> dict:
+    """mode none: an existing Alpaca file becomes the dataset (its first rows, the same split)."""
+    from replicate import selfinstruct as si
+
+    if not cfg.generate.instructions_file:
+        raise UserError("generate.instructions_file: mode none needs an Alpaca JSONL file to reuse")
+    rows = si.load_instructions(cfg.generate.instructions_file, require_output=True)
+    needed = io.rows_needed(examples, cfg.generate.held_out_fraction)
+    train_n, held_n = io.write_dataset(data_dir, rows[:needed], cfg.generate.held_out_fraction)
+    stats = {"name": cfg.name, "mode": "none", "source": cfg.generate.instructions_file, "train_rows": train_n,
+             "held_out_rows": held_n, "kept": min(len(rows), needed), "requests": 0, "prompt_tokens": 0,
+             "output_tokens": 0, "usd": 0.0, "complete": True, "exhausted": len(rows) < needed}
+    io.write_done(data_dir, stats)
+    return stats
+
+
+def cli_generate(args) -> int:
+    from replicate.config import load_pipeline
+
+    cfg = load_pipeline(args.pipeline, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    max_usd = args.max_usd if args.max_usd is not None else cfg.budget.max_usd
+    s = run_generate(cfg, run_dir, max_usd=max_usd)
+    print(f"generate: {s['train_rows']} train + {s['held_out_rows']} held-out rows from {s['requests']} requests, "
+          f"{s['output_tokens']:,} output tokens, ${s['usd']:.4f} -> {run_dir / 'data'}")
+    return 0

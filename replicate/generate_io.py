@@ -1,0 +1,219 @@
+"""The files of the generate stage: the durable request log, resume state, dataset and card.
+
+data/ in a run directory:
+  generation.json     settings the data was generated with; a resume must match them
+  log.jsonl           one line per finished teacher request, appended with one write + fsync
+                      (meter.append_jsonl): request id, RNG position, tokens, finish reason,
+                      parse/filter counts and the rows it kept. It is the only state a resume
+                      needs, and a kill -9 can at worst tear its last line, which is ignored.
+  .chunk.json         heartbeat of the running chunk: its ledger line, should the process die
+  train.jsonl         Alpaca rows (instruction, input, output), rewritten atomically per run
+  held_out.jsonl      every 1/f-th kept row (f = generate.held_out_fraction), never trained on
+  README.md           dataset card: teacher, sampling, seed, counts, filters, tokens, cost
+  done.json           LAST, atomically, when the stage is complete (its stats)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from replicate import meter
+from replicate.errors import UserError
+
+LOG = "log.jsonl"
+SETTINGS = "generation.json"
+HEARTBEAT = ".chunk.json"
+DONE = "done.json"
+ALPACA_KEYS = ("instruction", "input", "output")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a whole file or nothing: temp file, fsync, rename over the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def check_settings(data_dir: Path, settings: dict) -> None:
+    """Record the settings on the first run; refuse to resume data made with other settings."""
+    path = data_dir / SETTINGS
+    if not path.exists():
+        write_atomic(path, json.dumps(settings, indent=2) + "\n")
+        return
+    old = json.loads(path.read_text())
+    changed = [k for k in settings if k in old and old[k] != settings[k]]
+    if changed:
+        k = changed[0]
+        raise UserError(
+            f"{data_dir} was generated with {k}={old[k]!r}, the pipeline now says {settings[k]!r}: "
+            "use another --run-dir (or delete its data/) to generate anew"
+        )
+
+
+def read_log(data_dir: Path) -> list[dict]:
+    return meter.read_jsonl(data_dir / LOG)
+
+
+def rows_needed(examples: int, held_out_fraction: float) -> int:
+    """Kept rows for `examples` training rows once every held-out row is set aside.
+    E.g. 1000 train rows at f = 0.05 -> 1052 kept (52 held out)."""
+    n = examples
+    while n - math.floor(n * held_out_fraction) < examples:
+        n += 1
+    return n
+
+
+def is_held_out(position: int, fraction: float) -> bool:
+    """Row `position` (0-based, in kept order) is held out when it crosses a multiple of 1/f:
+    exactly floor(n*f) of the first n rows, spread evenly, stable when a run is resumed/extended."""
+    return math.floor((position + 1) * fraction) > math.floor(position * fraction)
+
+
+def split(rows: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
+    train, held = [], []
+    for i, row in enumerate(rows):
+        (held if is_held_out(i, fraction) else train).append({k: row[k] for k in ALPACA_KEYS})
+    return train, held
+
+
+def jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def add_counts(a: dict, b: dict) -> dict:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
+
+
+def recover_chunk(run_dir: Path, log: list[dict]) -> None:
+    """A chunk killed mid-run left its heartbeat (written at its start and every few seconds):
+    append its ledger line once, marked interrupted. Tokens, requests and API dollars are summed
+    from its own log lines, so they are exact; its wall time is the later of the last heartbeat
+    and the last finished request."""
+    path = Path(run_dir) / "data" / HEARTBEAT
+    if not path.exists():
+        return
+    try:
+        row = json.loads(path.read_text())
+    except json.JSONDecodeError:  # torn by a kill: write_atomic makes that nearly impossible
+        row = None
+    if row and row.get("chunk_id") not in {r.get("chunk_id") for r in meter.read_ledger(run_dir)}:
+        mine = [r for r in log if r.get("chunk") == row["chunk_id"]]
+        row["wall_s"] = max([row["wall_s"]] + [r["t"] for r in mine])
+        row["device_hours"] = row["wall_s"] * row["num_devices"] / 3600
+        row["usd"] = row["device_hours"] * row["usd_per_device_hour"] + sum(r["usd_api"] for r in mine)
+        row["prompt_tokens"] = sum(r["prompt_tokens"] for r in mine)
+        row["output_tokens"] = sum(r["output_tokens"] for r in mine)
+        row["requests"], row["parsed"] = len(mine), sum(r["parsed"] for r in mine)
+        row["kept"] = sum(len(r["rows"]) for r in mine)
+        row["dropped"] = {}
+        for r in mine:
+            row["dropped"] = add_counts(row["dropped"], r["dropped"])
+        row["interrupted"] = True
+        meter.append_jsonl(Path(run_dir) / meter.LEDGER, row)
+    path.unlink()
+
+
+def write_heartbeat(run_dir: Path, row: dict) -> None:
+    write_atomic(Path(run_dir) / "data" / HEARTBEAT, json.dumps(row))
+
+
+def clear_heartbeat(run_dir: Path) -> None:
+    (Path(run_dir) / "data" / HEARTBEAT).unlink(missing_ok=True)
+
+
+def write_dataset(data_dir: Path, rows: list[dict], fraction: float) -> tuple[int, int]:
+    train, held = split(rows, fraction)
+    write_atomic(data_dir / "train.jsonl", jsonl(train))
+    write_atomic(data_dir / "held_out.jsonl", jsonl(held))
+    return len(train), len(held)
+
+
+def write_card(data_dir: Path, stats: dict) -> None:
+    """README.md: provenance of the dataset. The YAML header lets `load_dataset(data_dir)` find
+    the two splits (and skip log.jsonl)."""
+    s = stats
+    dropped = "\n".join(f"| {k} | {v} |" for k, v in sorted(s["dropped"].items())) or "| (none) | 0 |"
+    sampling = ", ".join(f"{k}={v}" for k, v in s["sampling"].items())
+    text = f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: train.jsonl
+  - split: held_out
+    path: held_out.jsonl
+---
+# {s['name']}: generated instruction data
+
+Alpaca-format rows (`instruction`, `input`, `output`) written by the teacher with `replicate generate`.
+
+| | |
+|---|---|
+| teacher | `{s['teacher']}` ({s['backend']}, {'chat template' if s['chat'] else 'raw completion'}) |
+| mode | {s['mode']} |
+| sampling | {sampling} |
+| seed | {s['seed']} |
+| complete | {'yes' if s['complete'] else 'no (stopped early; rerun to resume)'} |
+| train rows | {s['train_rows']} (`train.jsonl`) |
+| held-out rows | {s['held_out_rows']} (`held_out.jsonl`, {s['held_out_fraction']:.0%} of kept rows, never trained on) |
+| teacher requests | {s['requests']} |
+| rows parsed | {s['parsed']} |
+| rows kept | {s['kept']} |
+| prompt tokens | {s['prompt_tokens']:,} |
+| output tokens | {s['output_tokens']:,} |
+| wall time | {s['wall_s']:.1f} s over {s['chunks']} run(s) |
+| device | {s['device']} |
+| cost | ${s['usd']:.6f} ({s['price']}) |
+
+## Dropped rows, by filter
+
+| filter | rows |
+|---|---|
+{dropped}
+
+Every request is in `log.jsonl` (request id, RNG position, tokens, finish reason, kept rows).
+Load with `datasets.load_dataset("json", data_files={{"train": "train.jsonl", "held_out": "held_out.jsonl"}})`.
+"""
+    write_atomic(data_dir / "README.md", text)
+
+
+def write_done(data_dir: Path, stats: dict) -> None:
+    write_atomic(data_dir / DONE, json.dumps(stats, indent=2) + "\n")
+
+
+def read_done(data_dir: Path) -> dict | None:
+    path = data_dir / DONE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+class Bar:
+    """Progress on stderr: kept rows of the target, output tokens/s, dollars so far (rich)."""
+
+    def __init__(self, enabled: bool, total: int, kept: int):
+        self.progress, self.total = None, total
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("rows kept"),
+            TextColumn("{task.fields[tps]:.0f} tok/s"), TextColumn("${task.fields[usd]:.4f}"),
+            TimeElapsedColumn(), console=Console(stderr=True),
+        )
+        self.task = self.progress.add_task("generate", total=total, completed=kept, tps=0.0, usd=0.0)
+        self.progress.start()
+
+    def update(self, kept: int, tokens_per_s: float, usd: float) -> None:
+        if self.progress:
+            self.progress.update(self.task, completed=min(kept, self.total), tps=tokens_per_s, usd=usd)
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()

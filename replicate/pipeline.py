@@ -1,0 +1,233 @@
+"""The whole replication, read top to bottom: estimate -> generate -> finetune -> evaluate -> report.
+
+    replicate run pipelines/tiny-cpu.yaml            # into runs/tiny-cpu/
+    replicate run pipelines/tiny-cpu.yaml            # again: resumes, redoes nothing finished
+
+Resume: each stage writes its done marker LAST (data/done.json, student/train_metrics.json,
+eval/scores.json); a stage whose marker exists is skipped, an unfinished one is called again and
+resumes from its own saved state (generated rows, training checkpoints, scored samples).
+
+Budget guard: the estimate must fit `budget.max_usd` before anything starts; during the run each
+stage gets what is left (max_usd minus the measured dollars in the ledger) and raises
+BudgetExceeded after saving what it finished. Raise the budget (`--set budget.max_usd=...`) and
+rerun the same command to continue.
+
+Concurrency: one process per run directory. A second `replicate run` on the same directory
+refuses at once (it does not wait: a queued run would silently repeat the first one's decisions).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from replicate import meter
+from replicate.config import Pipeline, load_pipeline
+from replicate.errors import BudgetExceeded, UserError
+
+DONE = {"generate": "data/done.json", "finetune": "student/train_metrics.json", "evaluate": "eval/scores.json"}
+DEMO_PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "tiny-cpu.yaml"
+
+
+def say(msg: str) -> None:
+    """One status line per stage, on stderr so `--json`-style stdout stays clean."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(msg)
+
+
+# ---- run directory: lock, resolved config, ledger arithmetic ---------------------------------
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Exclusive lock on run_dir/.lock; the OS drops it when the holder exits or is killed."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as fh:  # closing the file releases the flock
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise UserError(f"{run_dir} is in use by {holder}; wait for it to finish (a rerun then resumes) "
+                            "or give another --run-dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"`replicate` pid {os.getpid()} since {meter.now_iso()}")
+        fh.flush()
+        yield
+
+
+def _comparable(cfg: dict) -> dict:
+    # The budget may change between attempts (raise it and resume); everything else may not.
+    return {k: v for k, v in cfg.items() if k != "budget"}
+
+
+def _first_difference(old, new, path: str = "") -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            d = _first_difference(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+            if d:
+                return d
+        return None
+    return None if old == new else f"{path}: {old!r} -> {new!r}"
+
+
+def write_resolved(cfg: Pipeline, run_dir: Path) -> None:
+    """Write the resolved pipeline.yaml; refuse to resume a directory started with other settings."""
+    path = run_dir / "pipeline.yaml"
+    new = cfg.model_dump(mode="json")
+    if path.is_file():
+        old = yaml.safe_load(path.read_text()) or {}
+        diff = _first_difference(_comparable(old), _comparable(new))
+        if diff:
+            raise UserError(f"{run_dir} was started with a different pipeline ({diff}); "
+                            "rerun with the same settings, give another --run-dir, or delete the directory")
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(f"# resolved by `replicate`; the run's settings\n{yaml.safe_dump(new, sort_keys=False)}")
+    tmp.replace(path)
+
+
+def spent_usd(run_dir: Path) -> float:
+    """Measured dollars so far: this run's ledger, plus its sweep sub-runs' (n<N>/ledger.jsonl)."""
+    rows = meter.read_ledger(run_dir)
+    for sub in run_dir.glob("n*/" + meter.LEDGER):
+        rows += meter.read_jsonl(sub)
+    return sum(r.get("usd") or 0 for r in rows if r.get("kind", "measured") == "measured")
+
+
+def remaining_usd(cfg: Pipeline, budget_dir: Path) -> float | None:
+    if cfg.budget.max_usd is None:
+        return None
+    return cfg.budget.max_usd - spent_usd(budget_dir)
+
+
+# ---- estimate ---------------------------------------------------------------------------------
+
+
+def estimate(cfg: Pipeline, calibration: dict | None = None) -> dict:
+    from replicate.costmodel import estimate_pipeline
+
+    return estimate_pipeline(cfg, calibration=calibration).to_dict()
+
+
+def refuse_over_budget(est_usd: float, cfg: Pipeline, what: str) -> None:
+    if cfg.budget.max_usd is not None and est_usd > cfg.budget.max_usd:
+        raise UserError(f"{what} is estimated at ${est_usd:,.2f}, over budget.max_usd = ${cfg.budget.max_usd:,.2f}; "
+                        "shrink it (e.g. --set generate.examples=...) or raise the budget")
+
+
+def estimate_fields(stage: dict, est: dict) -> dict:
+    """A cost-model stage prediction in ledger units (device_hours, wall_s, usd, ...)."""
+    out = {"device_hours": stage.get("gpu_hours"), "wall_s": (stage.get("wall_hours") or 0) * 3600,
+           "usd": stage.get("usd"), "prices": est.get("prices")}
+    for k, v in stage.items():
+        if k not in ("name", "gpu_hours", "wall_hours") and isinstance(v, (int, float, str, bool)) and k not in out:
+            out[k] = v
+    return out
+
+
+def record_estimate(run_dir: Path, est: dict, stages: tuple[str, ...] = tuple(DONE), **tags) -> None:
+    """Write the estimate's `kind: estimate` ledger lines, once per stage and run directory (a
+    rerun, or a run killed between two of these lines, adds only the missing ones)."""
+    have = {r.get("stage") for r in meter.read_ledger(run_dir) if r.get("kind") == "estimate"}
+    for s in est["stages"]:
+        if s["name"] in stages and s["name"] not in have:
+            meter.write_estimate(run_dir, s["name"], **estimate_fields(s, est), **tags)
+
+
+# ---- the stages -------------------------------------------------------------------------------
+
+
+def run_stage(name: str, step: int, run_dir: Path, call, *, budget: tuple[Pipeline, Path] | None = None) -> None:
+    """Skip a finished stage (its done marker exists); otherwise check the budget and call it."""
+    marker = run_dir / DONE[name]
+    if marker.is_file():
+        say(f"[{step}/3] {name}: done already ({marker}), skipped")
+        return
+    left = remaining_usd(*budget) if budget else None
+    if left is not None and left <= 0:
+        raise BudgetExceeded(f"budget.max_usd is spent before {name} (ledger in {budget[1]}); "
+                             "raise it with --set budget.max_usd=... and rerun to resume")
+    say(f"[{step}/3] {name}" + (f" (budget left ${left:,.4f})" if left is not None else "") + " ...")
+    stats = call(left)
+    say(f"[{step}/3] {name}: finished" + (f" {summary(stats)}" if stats else ""))
+
+
+SUMMARY_KEYS = ("train_rows", "held_out_rows", "requests", "global_step", "trained_tokens", "tokens_per_s", "usd")
+
+
+def summary(stats: dict) -> str:
+    """The few numbers of a stage's result worth one status line."""
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+             for k in SUMMARY_KEYS if isinstance(v := stats.get(k), (int, float)) and not isinstance(v, bool)]
+    for fam, g in (stats.get("gap_closed") or {}).items():  # evaluate
+        if isinstance(g, dict) and g.get("mean") is not None:
+            parts.append(f"gap_closed[{fam}]={g['mean']:.2f}")
+    return ", ".join(parts)
+
+
+def run_pipeline(cfg: Pipeline, run_dir: Path, *, calibration: dict | None = None) -> dict:
+    """The recipe. Returns the paths of the report files."""
+    est = estimate(cfg, calibration)
+    say(f"estimate: ${est['total']['usd']:,.4f}, {est['total']['gpu_hours']:.4g} device-hours, "
+        f"{est['total']['wall_hours'] * 60:.1f} min wall")
+    refuse_over_budget(est["total"]["usd"], cfg, f"pipeline {cfg.name!r}")
+    with run_lock(run_dir):
+        from replicate import evaluate, finetune, generate  # heavy (torch): only once the lock is ours
+        from replicate.report import write_report
+
+        write_resolved(cfg, run_dir)
+        record_estimate(run_dir, est)
+        b = (cfg, run_dir)
+        try:
+            run_stage("generate", 1, run_dir, lambda left: generate.run_generate(cfg, run_dir, max_usd=left), budget=b)
+            run_stage("finetune", 2, run_dir, lambda left: finetune.run_finetune(cfg, run_dir, max_usd=left), budget=b)
+            run_stage("evaluate", 3, run_dir, lambda left: evaluate.run_evaluate(cfg, run_dir), budget=b)
+        except BudgetExceeded:
+            write_report(run_dir)  # what the money bought so far, next to the one-line error
+            raise
+        paths = write_report(run_dir)
+    say(f"report: {paths['md']}  {paths['html']}")
+    return paths
+
+
+# ---- CLI --------------------------------------------------------------------------------------
+
+
+def load_calibration(path: str | None) -> dict | None:
+    if not path:
+        return None
+    from replicate.calibration import load_calibration
+
+    return load_calibration(path)
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    cfg = load_pipeline(args.pipeline, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
+    run_pipeline(cfg, run_dir, calibration=load_calibration(getattr(args, "calibration", None)))
+    return 0
+
+
+def cli_sweep(args: argparse.Namespace) -> int:
+    from replicate.sweep import parse_sizes, run_sweep
+
+    cfg = load_pipeline(args.pipeline, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / f"{cfg.name}-sweep")
+    run_sweep(cfg, run_dir, parse_sizes(args.examples), calibration=load_calibration(getattr(args, "calibration", None)))
+    return 0
+
+
+def cli_demo(args: argparse.Namespace) -> int:
+    if not DEMO_PIPELINE.is_file():
+        raise UserError(f"{DEMO_PIPELINE}: the demo pipeline is missing (run from a clone of the repository)")
+    say(f"demo: replicate run {DEMO_PIPELINE.relative_to(DEMO_PIPELINE.parent.parent)}")
+    cfg = load_pipeline(DEMO_PIPELINE)
+    run_pipeline(cfg, Path(args.run_dir or Path("runs") / cfg.name))
+    return 0

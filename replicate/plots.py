@@ -1,0 +1,115 @@
+"""The report's figures as PNG bytes (matplotlib, Agg backend: no display needed)."""
+from __future__ import annotations
+
+import io
+
+STAGE_COLORS = {"generate": "#4c72b0", "finetune": "#dd8452", "evaluate": "#55a868"}
+FAMILY_COLORS = {"style": "#c44e52", "fidelity": "#4c72b0", "capability": "#55a868"}
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def cost_breakdown(rep: dict) -> bytes:
+    """Measured dollars and device-hours per stage, side by side."""
+    import matplotlib.pyplot as plt
+
+    stages = [s for s in rep["stages"] if s["measured"]]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 2.8), sharey=True)
+    for ax, key, label in ((axes[0], "usd", "measured $"), (axes[1], "device_hours", "measured device-hours")):
+        names = [s["stage"] for s in stages]
+        vals = [s["measured"].get(key) or 0 for s in stages]
+        ax.barh(names, vals, color=[STAGE_COLORS.get(n, "grey") for n in names])
+        total = sum(vals) or 1
+        for i, v in enumerate(vals):
+            ax.text(v, i, f" {v:.3g} ({100 * v / total:.0f}%)", va="center", fontsize=9)
+        ax.set_xlabel(label)
+        ax.set_xlim(0, max(vals + [1e-9]) * 1.45)
+    axes[0].invert_yaxis()  # shared y: inverting once puts generate on top in both
+    fig.suptitle("Cost breakdown by stage")
+    return _png(fig)
+
+
+def estimate_vs_measured(rep: dict) -> bytes:
+    """Grouped bars per stage: estimated vs measured wall seconds and dollars, ratio on top."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    stages = rep["stages"]
+    names = [s["stage"] for s in stages]
+    x = np.arange(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for ax, key, label in ((axes[0], "wall_s", "wall seconds"), (axes[1], "usd", "dollars")):
+        est = [s["estimate"].get(key) or 0 for s in stages]
+        mea = [s["measured"].get(key) or 0 for s in stages]
+        ax.bar(x - 0.2, est, 0.4, label="estimate", color="#bbbbbb")
+        ax.bar(x + 0.2, mea, 0.4, label="measured", color=[STAGE_COLORS.get(n, "grey") for n in names])
+        for i, s in enumerate(stages):
+            r = s["ratio"].get(key)
+            if r:
+                ax.text(i, max(est[i], mea[i]), f"{r:.2f}x", ha="center", va="bottom", fontsize=9)
+        ax.set_xticks(x, names)
+        ax.set_ylabel(label)
+        ax.set_ylim(0, max(est + mea + [1e-9]) * 1.25)
+        ax.legend(fontsize=8)
+    fig.suptitle("Estimate vs measured (label: measured / estimate)")
+    return _png(fig)
+
+
+def copy_curve(sw: dict) -> bytes:
+    """gap_closed vs teacher examples per family, with 95% intervals, the fitted saturating curve,
+    and a dollar axis on top (cumulative measured dollars at this scale)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    pts = sw["points"]
+    ns = np.array([p["examples"] for p in pts], dtype=float)
+    for fam, color in FAMILY_COLORS.items():
+        ys = [(p["families"].get(fam) or {}).get("gap_closed") for p in pts]
+        if all(y is None for y in ys):
+            continue
+        y = np.array([np.nan if v is None else v for v in ys])
+        cis = [(p["families"].get(fam) or {}).get("ci") for p in pts]
+        lo = np.array([y[i] - c[0] if c else 0 for i, c in enumerate(cis)])
+        hi = np.array([c[1] - y[i] if c else 0 for i, c in enumerate(cis)])
+        ax.errorbar(ns, y, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], fmt="o", color=color, capsize=3, label=fam)
+        fit = sw["fits"].get(fam) or {}
+        if fit.get("g_max") is not None:
+            grid = np.geomspace(ns.min() / 2, ns.max() * 4, 100)
+            ax.plot(grid, fit["g_max"] * grid / (grid + fit["n50"]), color=color, alpha=0.6, lw=1.2)
+    ax.axhline(0.5, color="grey", ls=":", lw=1)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("teacher examples (fine-tuning set size)")
+    ax.set_ylabel("gap closed (0 = base, 1 = teacher)")
+    a, b = sw.get("usd_per_example_fit") or (0.0, 0.0)
+    if b > 0:
+        # usd(n) = a + b*n, the measured cost of one point of the sweep at this scale.
+        sec = ax.secondary_xaxis("top", functions=(lambda n: a + b * np.asarray(n), lambda u: (np.asarray(u) - a) / b))
+        sec.set_xlabel("measured $ per point at this scale")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=9, loc="best", title="lines: g(n) = g_max n / (n + n50)", title_fontsize=8)
+    else:  # no family had a defined gap_closed (e.g. teacher and base score the same)
+        ax.text(0.5, 0.5, "gap_closed undefined at every size", transform=ax.transAxes, ha="center")
+    return _png(fig)
+
+
+def all_plots(rep: dict) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = {}
+    if any(s["measured"] for s in rep["stages"]):
+        out["cost_breakdown"] = cost_breakdown(rep)
+    if rep["stages"]:
+        out["estimate_vs_measured"] = estimate_vs_measured(rep)
+    if rep.get("sweep") and rep["sweep"]["points"]:
+        out["copy_curve"] = copy_curve(rep["sweep"])
+    return out

@@ -1,0 +1,200 @@
+"""The evaluate stage end to end: the packaged teacher (the session's vLLM engine), a tiny
+random-init base on a second vLLM engine, a real HTTP judge on 127.0.0.1, and the sanity checks
+that could fail: the teacher as its own student closes every gap, the base as its own student
+closes none, a constant-answer model scores near zero however much the judge likes it.
+Runs B and C reuse run A's cached generations, so only one extra engine is ever started."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from scripted_server import ScriptedServer
+
+from replicate import evalgen
+from replicate.config import Evaluate, Pipeline, Student, Teacher
+from replicate.errors import UserError
+from replicate.evaluate import run_evaluate
+from replicate.meter import read_jsonl
+
+CONSTANT = "Thank you for your question! I am always happy to help."
+LONG = "Summarize the following text in one sentence:\n" + "The river keeps flowing past the old mill. " * 60
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, teacher_dir):
+    """A 6.6M-parameter random Llama with the teacher's tokenizer (so top-1 agreement and KL are
+    defined) and a 256-token context (so one long prompt is skipped, not crashed on)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    out = tmp_path_factory.mktemp("tiny-base")
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16).save_pretrained(out)
+    tok.chat_template = None  # a base model: Alpaca prompts only
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def instructions(tmp_path_factory):
+    path = tmp_path_factory.mktemp("evalset") / "instructions.jsonl"
+    rows = [{"instruction": "Name three primary colors."}, {"instruction": "What is the capital of Italy?"},
+            {"instruction": "Give one tip for sleeping better."},
+            {"instruction": "Rewrite the sentence in the past tense.", "input": "She walks to school."},
+            {"instruction": LONG}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _cfg(teacher_dir, tiny_dir, instructions, judge_url=None, **ev) -> Pipeline:
+    judge = Teacher(model="scripted-judge", backend="openai", base_urls=[judge_url], api_key_env="NO_KEY",
+                    max_retries=0) if judge_url else None
+    settings = {"examples": 10, "probes": 8, "max_tokens": 24, "probe_max_tokens": 12, "token_fidelity_examples": 3,
+                "bootstrap_samples": 200, "instructions_file": str(instructions), "judge": judge,
+                "held_out_examples": 2}
+    settings.update(ev)
+    return Pipeline(name="eval-test", teacher=Teacher(model=str(teacher_dir)), student=Student(model=str(tiny_dir)),
+                    evaluate=Evaluate(**settings))
+
+
+def _judge_body_text(body: dict) -> str:
+    return body.get("prompt") or body["messages"][-1]["content"]
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory, teacher_vllm, teacher_dir, tiny_dir, instructions):
+    """The teacher scored as its own student; the judge answers every third request unparseably."""
+    run_dir = tmp_path_factory.mktemp("run-a")
+    (run_dir / "data").mkdir()
+    (run_dir / "data" / "held_out.jsonl").write_text(json.dumps(
+        {"instruction": "List two fruits.", "input": "", "output": "Apple and pear."}) + "\n")
+    garbage = {"n": 0}
+
+    def reply(body):
+        if len(srv.requests) % 3 == 0:
+            garbage["n"] += 1
+            return "Hmm, hard to say."
+        return "A"
+
+    with ScriptedServer(reply=reply) as srv:
+        cfg = _cfg(teacher_dir, tiny_dir, instructions, judge_url=srv.base_url, student_prompt="chat")
+        scores = run_evaluate(cfg, run_dir, student_dir=teacher_dir, teacher=teacher_vllm)
+    return run_dir, scores, garbage["n"], cfg
+
+
+@pytest.mark.slow
+def test_teacher_as_its_own_student_closes_every_gap(run_a):
+    _, s, garbage, _ = run_a
+    defined = {n: m["gap_closed"]["mean"] for n, m in s["metrics"].items() if m["gap_closed"]["mean"] is not None}
+    # fidelity (output and token level, top-1/KL included: the tiny base shares the tokenizer) and style
+    for name in ("rougeL_f", "chrf", "embed_cos", "bits_per_byte", "top1_agreement", "kl_teacher_model",
+                 "win_rate", "lc_win_rate"):
+        assert defined[name] == pytest.approx(1.0, abs=1e-6), name
+    assert all(v == pytest.approx(1.0, abs=1e-6) for v in defined.values()), defined
+    for fam in ("style", "fidelity"):
+        assert s["gap_closed"][fam]["mean"] == pytest.approx(1.0, abs=1e-6)
+    # bad input is counted, not fatal: the long prompt overflows only the tiny base's 256-token context
+    c = s["counts"]
+    assert c["skipped_context"] == {"teacher": 0, "base": 1, "student": 0}
+    assert c["open_items"] == 6 and c["held_out_items"] == 1 and c["probes"] == 8
+    # every unparseable verdict is reported (only base-vs-teacher pairs are judged: the student IS the teacher)
+    assert c["judge"]["unresolved"]["base"] == garbage > 0
+    assert c["judge"]["unresolved"]["student"] == 0 and c["judge"]["votes"]["student"] == 0
+
+
+@pytest.mark.slow
+def test_run_a_writes_every_output_and_one_ledger_line(run_a):
+    run_dir, s, _, _ = run_a
+    ev = run_dir / "eval"
+    samples = read_jsonl(ev / "samples.jsonl")
+    assert len(samples) == 6 + 8
+    assert {tuple(sorted(r["outputs"])) for r in samples} == {("base", "student", "teacher")}
+    assert any(r["outputs"]["base"] is None for r in samples)  # the skipped long prompt
+    alpaca = json.loads((ev / "alpaca_eval.json").read_text())
+    assert len(alpaca) == 6 and set(alpaca[0]) == {"instruction", "output", "generator", "dataset"}
+    assert (ev / "scores.json").stat().st_mtime >= (ev / "samples.jsonl").stat().st_mtime
+    (line,) = [r for r in read_jsonl(run_dir / "ledger.jsonl") if r["stage"] == "evaluate"]
+    assert line["kind"] == "measured" and line["output_tokens"] > 0 and line["judge_prompt_tokens"] > 0
+    assert line["judge_unresolved"] == s["counts"]["judge"]["unresolved"]["base"]
+
+
+def _reuse_generations(run_a, tmp_path_factory, name):
+    run_dir = tmp_path_factory.mktemp(name)
+    shutil.copytree(run_a[0] / "eval" / "generations", run_dir / "eval" / "generations")
+    (run_dir / "eval" / "generations" / "student.jsonl").unlink()
+    shutil.copytree(run_a[0] / "data", run_dir / "data")
+    return run_dir
+
+
+@pytest.mark.slow
+def test_base_as_its_own_student_closes_nothing(run_a, tmp_path_factory, teacher_dir, tiny_dir, instructions,
+                                                monkeypatch):
+    run_dir = _reuse_generations(run_a, tmp_path_factory, "run-b")
+    monkeypatch.setattr(evalgen, "_open_backend", lambda *a: pytest.fail("no engine should start"))
+    cfg = _cfg(teacher_dir, tiny_dir, instructions)
+    s = run_evaluate(cfg, run_dir, student_dir=tiny_dir)
+    for name, m in s["metrics"].items():
+        if m["gap_closed"]["mean"] is not None:
+            assert m["gap_closed"]["mean"] == pytest.approx(0.0, abs=1e-9), name
+    assert s["gap_closed"]["fidelity"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    assert s["counts"]["judge"] == {"note": "no judge configured (evaluate.judge)"}
+
+
+@pytest.mark.slow
+def test_constant_answer_scores_near_zero_even_when_the_judge_is_fooled(run_a, tmp_path_factory, teacher_dir,
+                                                                       tiny_dir, instructions):
+    run_dir = _reuse_generations(run_a, tmp_path_factory, "run-c")
+    gens = run_dir / "eval" / "generations"
+    teacher_rows = read_jsonl(gens / "teacher.jsonl")
+    cfg = _cfg(teacher_dir, tiny_dir, instructions, judge_url="http://127.0.0.1:9/v1")
+    (student,) = [c for c in evalgen.contenders(cfg, tiny_dir) if c.role == "student"]
+    # the degenerate model: the same answer to everything (and nothing at all to one prompt)
+    meta = {"meta": {**teacher_rows[0]["meta"], "model": list(student.signature), "max_len": student.max_len}}
+    rows = [meta] + [{"kind": r["kind"], "id": r["id"], "output": "" if i == 1 else CONSTANT}
+                     for i, r in enumerate(teacher_rows[1:])]
+    (gens / "student.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    teacher_texts = {r["output"] for r in teacher_rows[1:]}
+
+    def fooled(body):  # loves the constant answer, otherwise prefers the teacher's output
+        text = _judge_body_text(body)
+        a = text.split("### Response A:\n", 1)[1].split("\n\n### Response B:\n", 1)[0]
+        if CONSTANT in text:
+            return "A" if CONSTANT in a else "B"
+        return "A" if a in teacher_texts else "B"
+
+    with ScriptedServer(reply=fooled) as srv:
+        cfg = _cfg(teacher_dir, tiny_dir, instructions, judge_url=srv.base_url)
+        s = run_evaluate(cfg, run_dir, student_dir=tiny_dir)
+    m = s["metrics"]
+    assert m["win_rate"]["student"]["mean"] >= 0.75 and s["gap_closed"]["style"]["mean"] > 0.9  # fooled
+    assert m["rougeL_f"]["student"]["mean"] < 0.15 and m["chrf"]["student"]["mean"] < 20
+    assert m["embed_cos"]["student"]["mean"] < 0.3
+    assert m["accuracy"]["student"]["mean"] == 0.0
+    assert s["gap_closed"]["fidelity"]["mean"] < 0.25
+    assert s["counts"]["empty_outputs"]["student"] == 1
+
+
+def test_missing_models_are_one_line_errors(tmp_path, teacher_dir, instructions):
+    cfg = _cfg(teacher_dir, teacher_dir, instructions)
+    with pytest.raises(UserError, match="no student model in .*run `replicate finetune`"):
+        run_evaluate(cfg, tmp_path)  # default student: run_dir/student/merged, absent
+    cfg = _cfg(tmp_path / "nowhere", teacher_dir, instructions)
+    with pytest.raises(UserError, match="cannot resolve model"):
+        run_evaluate(cfg, tmp_path, student_dir=teacher_dir)
+    cfg = _cfg(teacher_dir, teacher_dir, instructions, student_prompt="chat")
+    cfg.student.model = str(tmp_path)  # a folder that is not a model
+    with pytest.raises(UserError, match="config.json"):
+        run_evaluate(cfg, tmp_path, student_dir=teacher_dir)
+
+
+def test_cli_needs_a_pipeline_or_all_three_models(capsys):
+    from replicate.cli import main
+
+    assert main(["evaluate", "--student", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "--teacher" in err and "--base" in err and len(err.strip().splitlines()) == 1

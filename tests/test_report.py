@@ -1,0 +1,164 @@
+"""report.md / report.html / report.json from a ledger and scores; the copy-curve fit; the HTML in
+headless Chromium (renders, every image loads, nothing fetched from outside)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from replicate import meter
+from replicate.report import build_report, write_report
+from replicate.sweep import copy_curve, fit_saturating
+
+DEVICE = "cpu: test (2 cores)"
+
+
+def _measured(run_dir: Path, stage: str, wall_s: float, usd: float, **tokens) -> None:
+    row = {"stage": stage, "kind": "measured", "device": DEVICE, "num_devices": 1, "wall_s": wall_s,
+           "device_hours": wall_s / 3600, "usd": usd, "prompt_tokens": 0, "output_tokens": 0, "trained_tokens": 0}
+    row.update(tokens)
+    meter.append_jsonl(run_dir / meter.LEDGER, row)
+
+
+def _scores(run_dir: Path, style: float, fidelity: float, capability: float) -> None:
+    def stat(v: float, half: float = 0.08) -> dict:
+        return {"mean": v, "ci": [v - half, v + half]}
+
+    scores = {
+        "metrics": {
+            "rougeL_f": {"family": "fidelity", "base": stat(0.1), "student": stat(0.1 + 0.5 * fidelity),
+                         "teacher": stat(0.6), "gap_closed": stat(fidelity)},
+            "accuracy_ood": {"family": "capability", "base": stat(0.2), "student": stat(0.2 + 0.2 * capability),
+                             "teacher": stat(0.4), "gap_closed": stat(capability)},
+        },
+        "gap_closed": {"style": stat(style), "fidelity": stat(fidelity), "capability": stat(capability)},
+        "illusion_gap": stat(fidelity - capability),
+        "illusion_gap_style": stat(style - capability),
+        "counts": {"open_items": 40, "probes": 60},
+    }
+    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval" / "scores.json").write_text(json.dumps(scores))
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "tiny"
+    meter.write_estimate(d, "generate", device_hours=0.05, wall_s=180, usd=0.01, tokens_per_s=120.0)
+    meter.write_estimate(d, "finetune", device_hours=0.08, wall_s=288, usd=0.02, tokens_per_s=900.0)
+    meter.write_estimate(d, "evaluate", device_hours=0.03, wall_s=108, usd=0.006, tokens_per_s=150.0)
+    # generate was killed once and resumed: two measured chunks that must add up
+    _measured(d, "generate", 150, 0.008, output_tokens=20_000, prompt_tokens=50_000)
+    _measured(d, "generate", 60, 0.003, output_tokens=7_000, prompt_tokens=10_000)
+    _measured(d, "finetune", 360, 0.024, trained_tokens=270_000)
+    _measured(d, "evaluate", 90, 0.006, output_tokens=12_000)
+    _scores(d, style=0.6, fidelity=0.4, capability=0.05)
+    return d
+
+
+def test_report_compares_estimate_with_summed_measured_chunks(run_dir):
+    rep = build_report(run_dir)
+    gen = next(s for s in rep["stages"] if s["stage"] == "generate")
+    assert gen["measured"]["chunks"] == 2
+    assert gen["measured"]["wall_s"] == pytest.approx(210)
+    assert gen["measured"]["tokens_per_s"] == pytest.approx(27_000 / 210)
+    assert gen["ratio"]["wall_s"] == pytest.approx(210 / 180)
+    ft = next(s for s in rep["stages"] if s["stage"] == "finetune")
+    assert ft["measured"]["tokens_per_s"] == pytest.approx(750)  # trained tokens, not output tokens
+    assert ft["ratio"]["usd"] == pytest.approx(1.2)
+    assert rep["totals"]["measured"]["usd"] == pytest.approx(0.041)
+    assert rep["totals"]["ratio"]["wall_s"] == pytest.approx(660 / 576)
+    assert rep["evaluation"]["families"]["capability"]["gap_closed"] == pytest.approx(0.05)
+    assert rep["evaluation"]["illusion_gap"] == pytest.approx(0.35)
+    assert rep["evaluation"]["illusion_gap_style"] == pytest.approx(0.55)
+
+
+def test_report_files_written_and_consistent(run_dir):
+    paths = write_report(run_dir)
+    md = paths["md"].read_text()
+    assert "| generate |" in md and "(1.17x)" in md  # 210 s measured / 180 s estimated
+    assert "illusion gap (fidelity - capability) | 0.35" in md and "| accuracy_ood | capability |" in md
+    data = json.loads(paths["json"].read_text())
+    assert data["totals"]["measured"]["usd"] == pytest.approx(0.041)
+    html = paths["html"].read_text()
+    # self-contained: every image inline, no external URL anywhere
+    srcs = re.findall(r'<img[^>]*src="([^"]+)"', html)
+    assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+
+
+def test_fit_recovers_a_known_saturating_curve():
+    ns = np.array([25, 50, 100, 200, 400, 800])
+    gs = 0.8 * ns / (ns + 120)
+    fit = fit_saturating(ns, gs)
+    assert fit["g_max"] == pytest.approx(0.8, rel=0.02)
+    assert fit["n50"] == pytest.approx(120, rel=0.03)
+    # g(n) = 0.5 at n = 0.5 * 120 / (0.8 - 0.5) = 200
+    assert fit["examples_50"] == pytest.approx(200, rel=0.05)
+    flat = fit_saturating(ns, 0.1 * ns / (ns + 50))
+    assert "examples_50" not in flat and "not reached" in flat["why"]
+
+
+def _sat(n: float, g_max: float, n50: float) -> float:
+    return g_max * n / (n + n50)
+
+
+def _sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "tiny-sweep"
+    _measured(root, "generate", 400, 0.04, output_tokens=40_000)
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "train.jsonl").write_text("{}\n" * 400)
+    for n in (50, 100, 200, 400):
+        sub = root / f"n{n}"
+        meter.write_estimate(sub, "finetune", device_hours=n / 36000, wall_s=n / 10, usd=n * 1e-4, sweep_examples=n)
+        _measured(sub, "finetune", n / 8, n * 1.2e-4, trained_tokens=n * 200)
+        _measured(sub, "evaluate", 60, 0.005, output_tokens=5000)
+        _scores(sub, style=_sat(n, 0.9, 60), fidelity=_sat(n, 0.7, 100), capability=_sat(n, 0.1, 50))
+    return root
+
+
+def test_sweep_copy_curve_points_costs_and_fits(tmp_path):
+    root = _sweep(tmp_path)
+    sw = copy_curve(root)
+    assert [p["examples"] for p in sw["points"]] == [50, 100, 200, 400]
+    # n=100: its share of generation (100 of 400 rows of $0.04) + its fine-tune ($0.012)
+    assert sw["points"][1]["usd"] == pytest.approx(0.01 + 0.012)
+    style = sw["fits"]["style"]
+    assert style["g_max"] == pytest.approx(0.9, rel=0.05)
+    assert style["examples_50"] == pytest.approx(0.5 * 60 / 0.4, rel=0.1)  # 75 examples
+    a, b = sw["usd_per_example_fit"]
+    assert style["usd_50_measured"] == pytest.approx(a + b * style["examples_50"])
+    assert "examples_50" not in sw["fits"]["capability"]  # the copy never closes half of it
+    md = write_report(root)["md"].read_text()
+    assert "Copy curve" in md and "not reached" in md
+
+
+def _chromium() -> str | None:
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+PROBE = """<script>window.addEventListener('load', () => {
+  const r = [...document.images].map(i => i.complete ? i.naturalWidth : -1);
+  document.body.setAttribute('data-probe', JSON.stringify(r));
+  document.body.setAttribute('data-tables', document.querySelectorAll('table').length);
+});</script></body>"""
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (apt-get install -y chromium)")
+def test_html_renders_in_headless_chromium_with_every_image_loaded(tmp_path):
+    root = _sweep(tmp_path)
+    html = write_report(root)["html"].read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", PROBE))
+    out = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=90, check=False)
+    m = re.search(r"data-probe=\"([^\"]*)\"", out.stdout)
+    assert m, f"Chromium did not run the page: {out.stderr[-500:]}"
+    widths = json.loads(m.group(1).replace("&quot;", '"'))
+    assert len(widths) == 3  # cost breakdown, estimate vs measured, copy curve
+    assert all(w > 300 for w in widths), widths  # decoded PNGs, not broken-image placeholders
+    assert int(re.search(r"data-tables=\"(\d+)\"", out.stdout).group(1)) == 3  # costs, sweep points, fits
