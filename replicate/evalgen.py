@@ -6,6 +6,7 @@ The model-based scores are in replicate/modelscores.py; replicate/evaluate.py ca
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -166,7 +167,14 @@ def _cache(out_dir: Path, c: Contender, ev: Evaluate) -> tuple[Path, dict, dict]
         rows = []
     if not rows:
         append_jsonl(path, {"meta": meta})
-    return path, meta, {(r["kind"], r["id"]): r for r in rows[1:] if "kind" in r}
+    return path, meta, {r["key"]: r for r in rows[1:] if "key" in r}
+
+
+def item_key(kind: str, item: dict) -> str:
+    """Cache key of one item: its id and a hash of its text, so an edited eval file or regenerated
+    held-out data is never answered from a stale cache."""
+    text = f"{item['instruction']}\0{item.get('input', '')}"
+    return f"{kind}:{item['id']}:{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def judge_is_teacher(cfg: Pipeline) -> bool:
@@ -198,7 +206,7 @@ def generate_all(cons: list[Contender], opens: list[dict], probes: list[dict], c
                 if key not in have:
                     append_jsonl(path, row)
                     have[key] = row
-        todo = [(kind, it, s) for kind, it, s in jobs if (kind, it["id"]) not in have]
+        todo = [(kind, it, s) for kind, it, s in jobs if item_key(kind, it) not in have]
         backend = None
         tok = AutoTokenizer.from_pretrained(c.path, trust_remote_code=c.trust_remote_code) if c.path and todo else None
         try:
@@ -210,9 +218,9 @@ def generate_all(cons: list[Contender], opens: list[dict], probes: list[dict], c
                     runnable = []
                     for it, s in chunk:
                         if tok is not None and _prompt_len(c, tok, it) >= c.max_len:
-                            row = {"kind": kind, "id": it["id"], "output": None, "skipped": "context"}
+                            row = {"key": item_key(kind, it), "output": None, "skipped": "context"}
                             append_jsonl(path, row)
-                            have[(kind, it["id"])] = row
+                            have[row["key"]] = row
                         else:
                             runnable.append(it)
                     if runnable:
@@ -221,10 +229,10 @@ def generate_all(cons: list[Contender], opens: list[dict], probes: list[dict], c
                                 _open_backend(c, cfg)
                         outs = backend.complete([prompt_for(c, it) for it in runnable], chunk[0][1])
                         for it, o in zip(runnable, outs):
-                            row = {"kind": kind, "id": it["id"], "output": o.text, "prompt_tokens": o.prompt_tokens,
+                            row = {"key": item_key(kind, it), "output": o.text, "prompt_tokens": o.prompt_tokens,
                                    "output_tokens": o.output_tokens, "finish_reason": o.finish_reason}
                             append_jsonl(path, row)
-                            have[(kind, it["id"])] = row
+                            have[row["key"]] = row
                             gen.prompt_tokens += o.prompt_tokens
                             gen.output_tokens += o.output_tokens
                             if c.backend == "openai":
@@ -237,9 +245,9 @@ def generate_all(cons: list[Contender], opens: list[dict], probes: list[dict], c
             elif backend is not None and backend is not teacher_backend:
                 backend.close()
         done_by_sig[c.signature] = have
-        gen.outputs[c.role] = {kind: [have[(kind, it["id"])]["output"] for it in items]
-                               for kind, items in (("open", opens), ("probe", probes))}
-        gen.skipped[c.role] = sum(1 for r in have.values() if r.get("skipped"))
+        rows = {kind: [have[item_key(kind, it)] for it in items] for kind, items in (("open", opens), ("probe", probes))}
+        gen.outputs[c.role] = {kind: [r["output"] for r in rs] for kind, rs in rows.items()}
+        gen.skipped[c.role] = sum(1 for rs in rows.values() for r in rs if r.get("skipped"))
     return gen
 
 

@@ -7,7 +7,8 @@ prompts; the copy is scored against the teacher (fidelity, preference) and again
 
 Reads top to bottom: models -> items -> generate (vLLM via teacher.py, cached per model in
 eval/generations/) -> per-item scores -> bootstrap -> eval/samples.jsonl, eval/alpaca_eval.json and,
-LAST, eval/scores.json. One `evaluate` ledger line meters the whole stage (judge tokens included).
+LAST, eval/scores.json. One `evaluate` ledger line meters the whole stage (judge tokens in their
+own fields).
 Metric definitions: docs/evaluation.md.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from replicate.config import Pipeline, Student, Teacher, load_pipeline, parse_pi
 from replicate.errors import UserError
 from replicate.evaldata import open_items, probe_items, user_message
 from replicate.evalscore import ROLES, SPEC, build_scores
+from replicate.evaltable import print_summary, summary_markdown
 
 
 def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = None,
@@ -58,7 +60,7 @@ def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = Non
         finally:
             if gen.teacher_backend is not None:
                 gen.teacher_backend.close()
-        extra = score_items(cfg, cons, opens, probes, gen.outputs, ref, valid, per_item, bar)
+        extra = score_items(cfg, cons, opens, probes, gen.outputs, ref, valid, per_item, out_dir, bar)
         extra["judge"] = judge
         m.add_usd(extra["judge"].get("usd", 0.0))
         lengths = {r: np.array([len(o or "") for o in gen.outputs[r]["open"]], float) for r in ROLES}
@@ -76,7 +78,9 @@ def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = Non
         scores["cost"] = {"wall_s": round(m.wall_s, 1), "usd": m.usd_so_far(), "device": m.device,
                           "prompt_tokens": int(m.fields.get("prompt_tokens", 0)),
                           "output_tokens": int(m.fields.get("output_tokens", 0))}
-        write_json_atomic(out_dir / "scores.json", scores)  # LAST: its presence marks the stage done
+    # The ledger line is appended as the `with` closes; the done marker comes after it.
+    (out_dir / "summary.md").write_text(summary_markdown(scores))
+    write_json_atomic(out_dir / "scores.json", scores)  # LAST: its presence marks the stage done
     return scores
 
 
@@ -89,13 +93,13 @@ def reference(outputs) -> tuple[list[str], np.ndarray]:
     return [t or "" for t in teacher_open], valid
 
 
-def score_items(cfg, cons, opens, probes, outputs, ref, valid, per_item, bar) -> dict:
+def score_items(cfg, cons, opens, probes, outputs, ref, valid, per_item, out_dir, bar) -> dict:
     """Fill per_item[metric][role] (nan = undefined for that item) for every metric but the judge's."""
     for name, fn in (("rougeL_f", M.rouge_l_f), ("chrf", M.chrf)):
         per_item[name] = {r: np.where(valid, [fn(o or "", t) for o, t in zip(outputs[r]["open"], ref)], np.nan)
                           for r in ROLES}
     embed_note = modelscores.embedding_scores(cfg.evaluate, outputs, ref, valid, per_item, bar)
-    token_note = modelscores.token_scores(cfg, cons, opens, ref, valid, per_item, bar)
+    token_note = modelscores.token_scores(cfg, cons, opens, ref, valid, per_item, out_dir, bar)
     pvalid = np.array([all(outputs[r]["probe"][i] is not None for r in ROLES) for i in range(len(probes))], bool)
     acc = {r: np.where(pvalid, [float(M.probe_correct(o or "", p)) for o, p in zip(outputs[r]["probe"], probes)],
                        np.nan) for r in ROLES}
@@ -175,45 +179,6 @@ def write_alpaca_eval(out_dir: Path, opens, outputs, cons) -> None:
 
 
 # ---------------------------------------------------------------------------- CLI
-
-def _fmt(d: dict | None, nd: int = 3, ci: bool = True) -> str:
-    if not d or d.get("mean") is None:
-        return (d or {}).get("why", "-") if d else "-"
-    lo, hi = d["ci"]
-    return f"{d['mean']:.{nd}g}" + (f" [{lo:.{nd}g}, {hi:.{nd}g}]" if ci and lo is not None else "")
-
-
-def print_summary(scores: dict) -> None:
-    """The table a user reads: each metric for base / student / teacher, then the gap closed."""
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console(width=max(Console().width, 120))
-    t = Table(title=f"evaluate {scores.get('name', '')}: how much of the teacher did the student copy? "
-                    "(mean [95% CI])")
-    for col in ("metric", "base", "student", "teacher", "gap closed"):
-        t.add_column(col, overflow="fold")
-    for fam in ("style", "fidelity", "capability"):
-        rows = [(n, m) for n, m in scores["metrics"].items() if m["family"] == fam]
-        if not rows:
-            continue
-        for name, m in rows:
-            label = name + ("" if m["higher_is_better"] else " (lower is better)") + ("" if m["headline"] else " *")
-            t.add_row(label, _fmt(m["base"], ci=False), _fmt(m["student"], ci=False), _fmt(m["teacher"], ci=False),
-                      _fmt(m.get("gap_closed"), 2))
-        t.add_row(f"[bold]{fam} gap closed[/]", "", "", "", f"[bold]{_fmt(scores['gap_closed'].get(fam), 2)}[/]",
-                  end_section=True)
-    for key in ("illusion_gap", "illusion_gap_style"):
-        if scores.get(key):
-            t.add_row(f"[bold]{key}[/] = {scores[key]['definition']}", "", "", "", f"[bold]{_fmt(scores[key], 2)}[/]")
-    con.print(t)
-    c = scores["counts"]
-    con.print(f"* not in the family's gap closed.  {c['open_items']} open items, {c['probes']} probes "
-              f"({c['probes_in_distribution']} in / {c['probes_ood']} out of distribution); skipped for length "
-              f"{c['skipped_context']}; empty outputs {c['empty_outputs']}; judge: "
-              f"{c['judge'].get('unresolved', c['judge'].get('note'))} unresolved; "
-              f"${scores['cost']['usd']:.4f} in {scores['cost']['wall_s']:.0f} s")
-
 
 def cli_evaluate(args: argparse.Namespace) -> int:
     if args.pipeline:

@@ -59,6 +59,7 @@ def run_generate(cfg: Pipeline, run_dir: Path, *, max_usd: float | None = None,
                  limit_examples: int | None = None, teacher: Backend | None = None,
                  progress: bool = True) -> dict:
     """Generate until `examples` training rows (plus the held-out share) are kept; resumable.
+    `max_usd`: the most this call may spend (the pipeline passes what is left of the budget).
     `teacher`: an open backend to use instead of starting one (tests, benchmarks)."""
     run_dir = Path(run_dir)
     data_dir = run_dir / "data"
@@ -72,12 +73,17 @@ def run_generate(cfg: Pipeline, run_dir: Path, *, max_usd: float | None = None,
     mode = make_mode(cfg)  # reads and checks the input files before any engine starts
     io.check_settings(data_dir, _settings(cfg))
     log = io.read_log(data_dir)
-    io.recover_chunk(run_dir, log)
+    recovered_usd = io.recover_chunk(run_dir, log)  # a killed chunk's ledger line, appended once
+    if max_usd is not None:
+        max_usd -= recovered_usd  # the caller's allowance was computed without it
+        if max_usd <= 0:
+            raise BudgetExceeded("the budget is spent before generate could continue: raise it and rerun to resume")
     tally = Tally()
     for rec in log:
         tally.add(rec)
-    if max_usd is not None and _spent(run_dir) >= max_usd:
-        raise BudgetExceeded(f"generate has spent ${_spent(run_dir):.4f} of --max-usd ${max_usd:g}: rerun with more")
+    if max_usd is not None and tally.requests and max_usd < _spent(run_dir) / tally.requests:
+        raise BudgetExceeded(f"${max_usd:.4g} of budget left is less than one more request costs "
+                             f"(${_spent(run_dir) / tally.requests:.4g} each so far): raise it and rerun to resume")
     (data_dir / io.DONE).unlink(missing_ok=True)  # the target grew: the stage is open again
     mode.restore(tally.rows)
     run = _Run(cfg, run_dir, mode, tally, io.rows_needed(examples, g.held_out_fraction), max_usd)
@@ -85,7 +91,7 @@ def run_generate(cfg: Pipeline, run_dir: Path, *, max_usd: float | None = None,
     stats = _finish(cfg, run_dir, tally, examples, run, run.price_note)
     if stop == "budget" and not run.complete:
         raise BudgetExceeded(
-            f"generate stopped at ${stats['usd']:.4f} (--max-usd {max_usd:g}) with {stats['kept']} of "
+            f"generate stopped at ${stats['usd']:.4f} (budget left for it: ${max_usd:.4g}) with {stats['kept']} of "
             f"{run.needed} rows kept; everything finished is saved: rerun with a higher --max-usd to continue")
     if stop == "no-rows":
         raise UserError(
@@ -119,7 +125,8 @@ class _Run:
         return len(self.tally.rows) >= self.needed or self.exhausted
 
     def spent(self) -> float:
-        return self.prior_usd + self.m.usd_so_far()
+        """Dollars of this call (what `max_usd` limits)."""
+        return self.m.usd_so_far()
 
     def feed(self, free: int) -> list[Request]:
         """Up to `free` more requests, while the target, the budget and the input allow."""
@@ -135,7 +142,8 @@ class _Run:
         if self.max_usd is not None and (t.requests or self.api):
             # Dollars per request (the mean so far; before any, an API's price of max_tokens of
             # output) -> how many more fit, counting those in flight.
-            per = self.spent() / t.requests if t.requests else self.api.usd(0, self.cfg.generate.max_tokens)
+            per = (self.prior_usd + self.spent()) / t.requests if t.requests else \
+                self.api.usd(0, self.cfg.generate.max_tokens)
             n = min(n, max(math.floor((self.max_usd - self.spent()) / per) - len(self.in_flight), 0))
             if n == 0 and not self.in_flight:
                 self.stop = "budget"
@@ -194,7 +202,8 @@ class _Run:
             try:
                 for c in teacher.stream(self.feed, sampling):
                     self.record(c)
-                    bar.update(len(self.tally.rows), self.m.fields["output_tokens"] / self.m.wall_s, self.spent())
+                    bar.update(len(self.tally.rows), self.m.fields["output_tokens"] / self.m.wall_s,
+                               self.prior_usd + self.spent())
                     if time.perf_counter() - beat > HEARTBEAT_S:
                         io.write_heartbeat(self.run_dir, self.m.row())
                         beat = time.perf_counter()
@@ -282,8 +291,11 @@ def cli_generate(args) -> int:
     cfg = load_pipeline(args.pipeline, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    max_usd = args.max_usd if args.max_usd is not None else cfg.budget.max_usd
-    s = run_generate(cfg, run_dir, max_usd=max_usd)
+    # --max-usd (or budget.max_usd) caps ALL measured spending in the run directory, as `replicate
+    # run` does: this call may spend what is left, so a rerun with the same limit does not spend more.
+    limit = args.max_usd if args.max_usd is not None else cfg.budget.max_usd
+    spent = sum(r.get("usd", 0.0) for r in meter.read_ledger(run_dir) if r.get("kind") == "measured")
+    s = run_generate(cfg, run_dir, max_usd=None if limit is None else limit - spent)
     print(f"generate: {s['train_rows']} train + {s['held_out_rows']} held-out rows from {s['requests']} requests, "
           f"{s['output_tokens']:,} output tokens, ${s['usd']:.4f} -> {run_dir / 'data'}")
     return 0

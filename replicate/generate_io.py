@@ -90,14 +90,15 @@ def add_counts(a: dict, b: dict) -> dict:
     return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
 
 
-def recover_chunk(run_dir: Path, log: list[dict]) -> None:
+def recover_chunk(run_dir: Path, log: list[dict]) -> float:
     """A chunk killed mid-run left its heartbeat (written at its start and every few seconds):
     append its ledger line once, marked interrupted. Tokens, requests and API dollars are summed
     from its own log lines, so they are exact; its wall time is the later of the last heartbeat
-    and the last finished request."""
+    and the last finished request. Returns the dollars of the line appended (0 if none)."""
     path = Path(run_dir) / "data" / HEARTBEAT
     if not path.exists():
-        return
+        return 0.0
+    usd = 0.0
     try:
         row = json.loads(path.read_text())
     except json.JSONDecodeError:  # torn by a kill: write_atomic makes that nearly impossible
@@ -116,7 +117,9 @@ def recover_chunk(run_dir: Path, log: list[dict]) -> None:
             row["dropped"] = add_counts(row["dropped"], r["dropped"])
         row["interrupted"] = True
         meter.append_jsonl(Path(run_dir) / meter.LEDGER, row)
+        usd = row["usd"]
     path.unlink()
+    return usd
 
 
 def write_heartbeat(run_dir: Path, row: dict) -> None:

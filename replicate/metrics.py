@@ -154,13 +154,17 @@ def probe_strict(output: str, probe: dict) -> bool:
 
 def parse_verdict(text: str) -> str | None:
     """A judge's answer -> 'A', 'B', 'tie' or None (unparseable). Accepts 'A', 'b.', 'Output (b)',
-    'Response A is better', 'tie'/'equal'/'both'; an answer naming both or neither is unparseable."""
+    'Response A is better', 'The answer is A.', 'tie'/'equal'/'both'; an answer naming both or
+    neither is unparseable."""
     t = text.strip().lower()
     if not t:
         return None
     if re.search(r"\b(tie|equal|equally|both|neither)\b", t[:60]):
         return "tie"
     named = set(re.findall(r"\b(?:output|response|answer|assistant)\s*\(?([ab])\b", t[:200]))
+    # "The answer is A." / "the better one is (b)": the letter must end the clause, so that
+    # "the answer is a bit unclear" is not read as a verdict.
+    named |= set(re.findall(r"\b(?:is|would be)\s*:?\s*\(?([ab])\)?(?=\s*(?:$|[.,;:!]))", t[:200]))
     if len(named) == 1:
         return named.pop().upper()
     if named:

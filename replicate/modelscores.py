@@ -4,6 +4,7 @@ fidelity (transformers) and the pairwise judge (any teacher.py backend). Each fi
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 from replicate.config import Evaluate, Pipeline
 from replicate.evaldata import user_message
 from replicate.evalgen import Contender, api_usd, prompt_text
+from replicate.meter import append_jsonl, read_jsonl
 
 
 def embedding_scores(ev: Evaluate, outputs, ref: list[str], valid: np.ndarray, per_item: dict, bar) -> str:
@@ -36,7 +38,9 @@ def embedding_scores(ev: Evaluate, outputs, ref: list[str], valid: np.ndarray, p
 
 
 def token_scores(cfg: Pipeline, cons: list[Contender], opens: list[dict], ref: list[str], valid: np.ndarray,
-                 per_item: dict, bar) -> dict:
+                 per_item: dict, out_dir: Path, bar) -> dict:
+    """Teacher-forced NLL, top-1 agreement and KL on the first `token_fidelity_examples` scorable
+    open items; each item's numbers are appended to eval/token_fidelity.jsonl, so a rerun resumes."""
     from replicate import tokenfid
 
     k = cfg.evaluate.token_fidelity_examples
@@ -48,25 +52,45 @@ def token_scores(cfg: Pipeline, cons: list[Contender], opens: list[dict], ref: l
     idx = [i for i in range(len(opens)) if valid[i]][:k]
     if not idx:
         return {"note": "skipped: no open item with a teacher output to score"}
-    task = bar.add_task("token fidelity", total=len(idx))
-    t, others = tokenfid.load_scorers((teacher.role, teacher.path, teacher.chat),
-                                      [(c.role, c.path, c.chat) for c in cons if c.role != "teacher"],
-                                      trust_remote_code=teacher.trust_remote_code)
-    by_role = {c.role: c for c in cons}
-
-    def fmt(sc, item):
-        return prompt_text(by_role[sc.role], sc.tok, item)
-
-    res = tokenfid.score_token_fidelity([opens[i] for i in idx], [ref[i] for i in idx], others, t, fmt,
-                                        progress=lambda: bar.advance(task))
+    cache = out_dir / "token_fidelity.jsonl"
+    meta = {"models": {c.role: list(c.signature) for c in cons}}
+    rows = read_jsonl(cache)
+    if not rows or rows[0].get("meta") != meta:
+        cache.unlink(missing_ok=True)
+        append_jsonl(cache, {"meta": meta})
+        rows = []
+    # keyed by item and by the reference text: a changed teacher output is scored afresh
+    done = {(r["id"], r["ref"]): r["scores"] for r in rows[1:]}
+    key = {i: (opens[i]["id"], hashlib.sha256(ref[i].encode()).hexdigest()[:16]) for i in idx}
+    todo = [i for i in idx if key[i] not in done]
+    task = bar.add_task("token fidelity", total=len(idx), completed=len(idx) - len(todo))
+    same = {}
+    if todo:
+        t, others = tokenfid.load_scorers((teacher.role, teacher.path, teacher.chat),
+                                          [(c.role, c.path, c.chat) for c in cons if c.role != "teacher"],
+                                          trust_remote_code=teacher.trust_remote_code)
+        same = {s.role: s.same_tokenizer for s in others}
+        roles, alias = tokenfid.distinct(t, others)
+        by_role = {c.role: c for c in cons}
+        for i in todo:
+            res = tokenfid.score_item(opens[i], ref[i], t, roles,
+                                      lambda sc, item: prompt_text(by_role[sc.role], sc.tok, item))
+            scores = {r: res[alias[r]] for r in alias}
+            append_jsonl(cache, {"id": key[i][0], "ref": key[i][1], "scores": scores})
+            done[key[i]] = scores
+            bar.advance(task)
+    skipped = {c.role: 0 for c in cons}
     for m in tokenfid.TOKEN_METRICS:
-        per_item[m] = {}
-        for role in ("teacher", "base", "student"):
-            full = np.full(len(opens), math.nan)
-            full[idx] = res[role][m]
-            per_item[m][role] = full
-    return {"items": len(idx), "skipped_context": res["_skipped_context"],
-            "same_tokenizer_as_teacher": {s.role: s.same_tokenizer for s in others}}
+        per_item[m] = {c.role: np.full(len(opens), math.nan) for c in cons}
+    for i in idx:
+        for role, vals in done[key[i]].items():
+            skipped[role] += vals.get("skipped") == "context"
+            for m in tokenfid.TOKEN_METRICS:
+                per_item[m][role][i] = vals.get(m, math.nan)
+    note = {"items": len(idx), "skipped_context": skipped}
+    if same:
+        note["same_tokenizer_as_teacher"] = same
+    return note
 
 
 def judge_scores(cfg: Pipeline, opens: list[dict], outputs, ref: list[str], valid: np.ndarray, per_item: dict,

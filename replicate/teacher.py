@@ -123,7 +123,7 @@ class VLLMTeacher(Backend):
     def __init__(self, model_dir: Path, *, chat: bool | None = None, dtype: str = "bfloat16",
                  max_model_len: int = 2048, tensor_parallel_size: int = 1, seed: int = 0,
                  trust_remote_code: bool = False, max_in_flight: int = 256, **engine_kwargs) -> None:
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its CPU warnings would bury the progress bar
         try:
             from vllm import LLM
             from vllm.platforms import current_platform

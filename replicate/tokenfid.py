@@ -8,7 +8,8 @@ or its chat template) and scored in one forward pass:
     top1_agreement = mean_t 1[argmax p_model = argmax p_teacher]      } only when the model's
     kl_teacher_model = mean_t KL(p_teacher || p_model)                } tokenizer is the teacher's
 
-Items longer than a model's context are skipped for that model (nan) and counted.
+Items longer than a model's context are skipped for that model (nan) and counted. The caller
+(replicate/modelscores.py) caches each item's numbers, so a killed run resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 TOKEN_METRICS = ("nll_per_token", "bits_per_byte", "top1_agreement", "kl_teacher_model")
 
@@ -65,62 +64,49 @@ def _forward_logprobs(sc: Scorer, prompt: list[int], target: list[int]):
     return torch.log_softmax(logits, dim=-1)
 
 
-def score_token_fidelity(
-    items: list[dict],
-    teacher_outputs: list[str],
-    scorers: list[Scorer],
-    teacher: Scorer,
-    format_prompt: Callable[[Scorer, dict], str],
-    progress: Callable[[], None] = lambda: None,
-) -> dict[str, dict[str, list[float]]]:
-    """{role: {metric: per-item values}} for the teacher and every scorer; nan where undefined."""
+def distinct(teacher: Scorer, scorers: list[Scorer]) -> tuple[list[Scorer], dict[str, str]]:
+    """The scorers to run, and role -> the role whose numbers it shares. The same weights under the
+    same prompt format give the same numbers (student == base before any training, or the teacher
+    scored as its own student), so they are computed once."""
+    first: dict[tuple, Scorer] = {}
+    for sc in [teacher] + [s for s in scorers if s.role != teacher.role]:
+        first.setdefault((sc.path, sc.chat), sc)
+    alias = {sc.role: first[(sc.path, sc.chat)].role for sc in [teacher] + scorers}
+    return list(first.values()), alias
+
+
+def score_item(item: dict, y: str, teacher: Scorer, roles: list[Scorer],
+               format_prompt: Callable[[Scorer, dict], str]) -> dict[str, dict]:
+    """{role: {metric: value}} for one item (teacher output y); a role whose prompt + y does not
+    fit its context gets {"skipped": "context"}; undefined metrics are absent."""
     import torch
 
-    everyone = [teacher] + [s for s in scorers if s.role != teacher.role]
-    # The same weights under the same prompt format give the same numbers: score them once
-    # (student == base before any training, or the teacher scored as its own student).
-    first: dict[tuple, Scorer] = {}
-    for sc in everyone:
-        first.setdefault((sc.path, sc.chat), sc)
-    roles = list(first.values())
-    out = {s.role: {m: [math.nan] * len(items) for m in TOKEN_METRICS} for s in everyone}
-    out["_skipped_context"] = {s.role: 0 for s in everyone}
-    for i, (item, y) in enumerate(zip(items, teacher_outputs)):
-        progress()
-        if not y.strip():
-            continue  # nothing to score: an empty teacher output is counted by the caller
-        n_bytes = len(y.encode())
-        t_target = list(teacher.tok(y, add_special_tokens=False)["input_ids"])
-        t_prompt = prompt_ids(teacher.tok, format_prompt(teacher, item), teacher.chat)
-        t_lp = None
-        if t_target and len(t_prompt) + len(t_target) <= teacher.max_len:
-            t_lp = _forward_logprobs(teacher, t_prompt, t_target)
-        for sc in roles:
-            target = t_target if sc.same_tokenizer else list(sc.tok(y, add_special_tokens=False)["input_ids"])
-            prompt = t_prompt if sc is teacher else prompt_ids(sc.tok, format_prompt(sc, item), sc.chat)
-            if not target:
-                continue
-            if len(prompt) + len(target) > sc.max_len:
-                out["_skipped_context"][sc.role] += 1
-                continue
-            lp = t_lp if sc is teacher else _forward_logprobs(sc, prompt, target)
-            if lp is None:
-                continue
-            tgt = torch.tensor(target)
-            nll = -lp[torch.arange(len(target)), tgt].sum().item()
-            out[sc.role]["nll_per_token"][i] = nll / len(target)
-            out[sc.role]["bits_per_byte"][i] = nll / math.log(2) / n_bytes
-            if sc.same_tokenizer and t_lp is not None:
-                agree = (lp.argmax(-1) == t_lp.argmax(-1)).float().mean().item()
-                # KL(T||M) = sum_v p_T (log p_T - log p_M), per position, then the mean over positions
-                kl = (t_lp.exp() * (t_lp - lp)).sum(-1).clamp_min(0).mean().item()
-                out[sc.role]["top1_agreement"][i] = agree
-                out[sc.role]["kl_teacher_model"][i] = kl
-    for sc in everyone:
-        src = first[(sc.path, sc.chat)]
-        if src is not sc:
-            out[sc.role] = {m: list(v) for m, v in out[src.role].items()}
-            out["_skipped_context"][sc.role] = out["_skipped_context"][src.role]
+    out: dict[str, dict] = {sc.role: {} for sc in roles}
+    if not y.strip():
+        return out  # nothing to score: an empty teacher output is counted by the caller
+    n_bytes = len(y.encode())
+    t_target = list(teacher.tok(y, add_special_tokens=False)["input_ids"])
+    t_prompt = prompt_ids(teacher.tok, format_prompt(teacher, item), teacher.chat)
+    t_lp = None
+    if t_target and len(t_prompt) + len(t_target) <= teacher.max_len:
+        t_lp = _forward_logprobs(teacher, t_prompt, t_target)
+    for sc in roles:
+        target = t_target if sc.same_tokenizer else list(sc.tok(y, add_special_tokens=False)["input_ids"])
+        prompt = t_prompt if sc is teacher else prompt_ids(sc.tok, format_prompt(sc, item), sc.chat)
+        if not target:
+            continue
+        if len(prompt) + len(target) > sc.max_len:
+            out[sc.role] = {"skipped": "context"}
+            continue
+        lp = t_lp if sc is teacher else _forward_logprobs(sc, prompt, target)
+        if lp is None:
+            continue
+        nll = -lp[torch.arange(len(target)), torch.tensor(target)].sum().item()
+        out[sc.role] = {"nll_per_token": nll / len(target), "bits_per_byte": nll / math.log(2) / n_bytes}
+        if sc.same_tokenizer and t_lp is not None:
+            # KL(T||M) = sum_v p_T (log p_T - log p_M) at each position, then the mean over positions
+            out[sc.role]["top1_agreement"] = (lp.argmax(-1) == t_lp.argmax(-1)).float().mean().item()
+            out[sc.role]["kl_teacher_model"] = (t_lp.exp() * (t_lp - lp)).sum(-1).clamp_min(0).mean().item()
     return out
 
 
@@ -149,7 +135,3 @@ def load_scorers(teacher: tuple[str, Path, bool], others: list[tuple[str, Path, 
         sc.same_tokenizer = sc.tok is t.tok or same_vocab(sc.tok, t.tok)
         scorers.append(sc)
     return t, scorers
-
-
-def per_item_arrays(values: dict[str, list[float]]) -> dict[str, np.ndarray]:
-    return {m: np.asarray(v, float) for m, v in values.items()}

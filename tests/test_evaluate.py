@@ -155,8 +155,7 @@ def test_constant_answer_scores_near_zero_even_when_the_judge_is_fooled(run_a, t
     (student,) = [c for c in evalgen.contenders(cfg, tiny_dir) if c.role == "student"]
     # the degenerate model: the same answer to everything (and nothing at all to one prompt)
     meta = {"meta": {**teacher_rows[0]["meta"], "model": list(student.signature), "max_len": student.max_len}}
-    rows = [meta] + [{"kind": r["kind"], "id": r["id"], "output": "" if i == 1 else CONSTANT}
-                     for i, r in enumerate(teacher_rows[1:])]
+    rows = [meta] + [{"key": r["key"], "output": "" if i == 1 else CONSTANT} for i, r in enumerate(teacher_rows[1:])]
     (gens / "student.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     teacher_texts = {r["output"] for r in teacher_rows[1:]}
 

@@ -111,6 +111,21 @@ def test_max_usd_stops_cleanly_then_resumes_without_duplicates(tmp_path):
     assert usd[0] <= 3.5 * per_request and sum(usd) == pytest.approx(per_request * len(indices))
 
 
+def test_cli_max_usd_caps_the_run_directory_total(tmp_path, capsys):
+    from replicate.cli import main
+
+    per_request = catalog.api_price("gpt-4o-mini", 2026).usd(*USAGE)
+    with ScriptedServer(reply=alpaca_reply, usage=USAGE) as srv:
+        path = tmp_path / "p.yaml"
+        path.write_text(yaml.safe_dump(pipeline(srv.base_url, examples=20).model_dump(exclude_none=True)))
+        args = ["generate", str(path), "--run-dir", str(tmp_path / "run"), "--max-usd", str(3.5 * per_request)]
+        assert main(args) == 2 and "rerun with a higher --max-usd" in capsys.readouterr().err
+        n = len(srv.requests)
+        assert main(args) == 2 and len(srv.requests) == n  # the same limit buys nothing more
+        assert main(args[:-1] + [str(10 * per_request)]) == 0
+    assert "generate: 20 train + 2 held-out rows" in capsys.readouterr().out
+
+
 def test_garbage_or_empty_teacher_is_counted_then_stops(tmp_path):
     replies = ["", "%%% ### 12. Output: ?!", "   "] * 11  # sent in order: one request at a time
     blank = sum(not r.strip() for r in replies[:GIVE_UP_AFTER])
@@ -179,12 +194,12 @@ def test_self_instruct_on_the_vllm_teacher(teacher_vllm, tmp_path):
     cfg = parse_pipeline({
         "name": "t", "student": {"model": "packaged:gemma-3-270m"},
         "teacher": {"model": "packaged:smollm2-135m-instruct", "backend": "vllm"},
-        "generate": {"examples": 6, "max_tokens": 320, "temperature": 0.7, "top_p": 0.9, "held_out_fraction": 0},
+        "generate": {"examples": 4, "max_tokens": 320, "temperature": 0.7, "top_p": 0.9, "held_out_fraction": 0},
     })
     stats = run_generate(cfg, tmp_path, teacher=teacher_vllm, progress=False)
     log = io.read_log(tmp_path / "data")
     [line] = meter.read_ledger(tmp_path)
-    assert stats["train_rows"] == 6 and stats["kept"] >= 6
+    assert stats["train_rows"] == 4 and stats["kept"] >= 4
     assert line["prompt_tokens"] == sum(r["prompt_tokens"] for r in log) > 300 * len(log)
     assert line["output_tokens"] == sum(r["output_tokens"] for r in log)
     assert line["device"].startswith("cpu") and line["usd"] == pytest.approx(

@@ -106,7 +106,8 @@ def test_probe_numbers_reject_lists_and_labels_reject_hedging():
 @pytest.mark.parametrize("text,verdict", [
     ("A", "A"), ("b", "B"), (" Response B is better.", "B"), ("Output (a)", "A"), ("tie", "tie"),
     ("Both are equally good", "tie"), ("I cannot decide which", None), ("", None),
-    ("Response A and Response B", None), ("Absolutely", None),
+    ("Response A and Response B", None), ("Absolutely", None), ("The answer is A.", "A"),
+    ("The correct answer is (b)", "B"), ("A is the better choice.", "A"), ("The answer is a bit unclear", None),
 ])
 def test_parse_verdict(text, verdict):
     assert M.parse_verdict(text) == verdict
