@@ -38,7 +38,7 @@ def say(msg: str) -> None:
     """One status line per stage, on stderr so `--json`-style stdout stays clean."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(msg)
+    Console(stderr=True, highlight=False).print(msg, markup=False)
 
 
 # ---- run directory: lock, resolved config, ledger arithmetic ---------------------------------

@@ -167,7 +167,7 @@ def test_constant_answer_scores_near_zero_even_when_the_judge_is_fooled(run_a, t
         return "A" if a in teacher_texts else "B"
 
     with ScriptedServer(reply=fooled) as srv:
-        cfg = _cfg(teacher_dir, tiny_dir, instructions, judge_url=srv.base_url)
+        cfg = _cfg(teacher_dir, tiny_dir, instructions, judge_url=srv.base_url, token_fidelity_examples=0)
         s = run_evaluate(cfg, run_dir, student_dir=tiny_dir)
     m = s["metrics"]
     assert m["win_rate"]["student"]["mean"] >= 0.75 and s["gap_closed"]["style"]["mean"] > 0.9  # fooled
