@@ -22,21 +22,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from replicate.costmodel import FITTABLE, check_calibration
-from replicate.errors import UserError
 
 __all__ = ["FITTABLE", "load_calibration"]
 
 
 def load_calibration(path: str | Path) -> dict:
     """Read and validate a calibration YAML; one-line UserError naming the file and key."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such calibration file (write one with `replicate calibrate RUN_DIR...`)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    from replicate.config import read_yaml
+
+    data = read_yaml(path, "no such calibration file (write one with `replicate calibrate RUN_DIR...`)")
     return check_calibration(data, str(path))

@@ -244,14 +244,20 @@ def set_dotted(data: dict, key: str, value: str) -> None:
     node[parts[-1]] = yaml.safe_load(value)
 
 
-def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
+def read_yaml(path: str | Path, missing: str) -> Any:
+    """A YAML file's content, or a one-line UserError: `missing` when absent, the parser's first line when bad."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such pipeline file")
+        raise UserError(f"{path}: {missing}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
+    path = Path(path)
+    data = read_yaml(path, "no such pipeline file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
     for item in overrides:
