@@ -12,10 +12,9 @@ device), and two numbers per stage family are fitted so that it reproduces the m
                      training:   train_mfu x f
                      (the time of the work itself scales as 1/f; physics and shapes stay)
     startup S        generate_startup_s / finetune_startup_s: fitted when the runs have at least two
-                     different workloads; with one size, taken from the ledger's own split where it
-                     has one (finetune: wall - trained_tokens / tokens_per_s of the training loop),
-                     else 0 (the meter starts after engines and models are loaded, so what it
-                     measures is work that grows with the workload).
+                     different workloads; with one size, taken from the ledger's own split
+                     (generate: the line's startup_s, opening the engine inside the meter;
+                     finetune: wall - trained_tokens / tokens_per_s of the training loop).
 
 The fit minimises sum (log predicted - log measured)^2: a golden-section search over log f inside
 a grid over S. The output follows costmodel.check_calibration: {"devices": {KEY: {PARAM: value,

@@ -172,8 +172,8 @@ def test_calibrated_estimate_of_another_size_lands_within_25_percent(tiny, basel
 
     cfg_b = load_pipeline(tiny["b"])
     other = tiny["root"] / "size-b"
-    # A fresh process like the calibrated run: the metered engine start includes cold imports,
-    # which an in-process run would skip (it measured ~1.5 s of a 5 s stage).
+    # A fresh process like the calibrated run: the metered engine start includes cold imports that
+    # an in-process run skips (its whole generate stage took 1.5 s; the fresh engine start alone 5 s).
     _run(tiny["b"], other)
     cal = calibrate([baseline["dir"]])
     # The workflow docs/runs.md describes: the measured data shape goes into the pipeline's `data:`.
