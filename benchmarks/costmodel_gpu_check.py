@@ -39,6 +39,9 @@ def measure(torch, name: str, batch: int, seq: int, padded: bool = False) -> dic
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cuda":  # here, not after the steps: a config that ran out of memory never got there
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     cls = LlamaConfig if name.startswith("llama") else Qwen2Config
     cfg = cls(**SHAPES[name], max_position_embeddings=4096)
     cfg._attn_implementation = "sdpa"
@@ -71,10 +74,6 @@ def measure(torch, name: str, batch: int, seq: int, padded: bool = False) -> dic
            "tokens": int(batch * seq), "real_tokens": int(lengths.sum()), "step_s": dt,
            "tokens_per_s": batch * seq / dt, "real_tokens_per_s": float(lengths.sum()) / dt,
            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None}
-    del model, opt
-    if dev == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
     return row
 
 
@@ -90,7 +89,7 @@ def run(out_dir: str) -> None:
         try:
             rows.append(measure(torch, m, b, s, padded))
         except Exception as e:  # noqa: BLE001 - one failed shape must not lose the others
-            rows.append({"model": m, "batch": b, "error": repr(e)[:300]})
+            rows.append({"model": m, "batch": b, "seq": s, "padded": padded, "error": repr(e)[:300]})
         print(json.dumps(rows[-1]), flush=True)
         with open(os.path.join(out_dir, "gpu_check.json"), "w") as fh:
             json.dump(rows, fh, indent=1)
@@ -101,18 +100,22 @@ def compare(path: str) -> None:
     from replicate import catalog
     from replicate.cost_finetune import finetune_time
     from replicate.costmodel import DEFAULTS
+    from replicate.memory import TrainSetup, fits, training_bytes
 
     with open(path) as fh:
         rows = json.load(fh)
     env = rows[0]
     dev = catalog.hardware("h200" if "H200" in env["gpu"] else "h100-sxm")
     print(f"{env['gpu']} (torch {env['torch']}); predicted with {dev.key}, DEFAULTS")
-    print(f"{'model':14s} {'batch':>5s} {'T':>6s} {'padded':>6s} {'measured tok/s':>15s} {'predicted':>10s} {'ratio':>6s}")
+    print(f"{'model':14s} {'batch':>5s} {'T':>6s} {'padded':>6s} {'measured tok/s':>15s} {'predicted':>10s} {'ratio':>6s}"
+          f" {'peak GiB':>9s} {'predicted':>9s} {'ratio':>6s}")
     for r in rows[1:]:
-        if "error" in r:
-            print(r)
-            continue
         shape = catalog.model_shape(r["model"])
+        need = training_bytes(shape, TrainSetup("full", r["batch"], r["seq"], False, 0, False, 1))
+        if "error" in r:
+            print(f"{r['model']:14s} {r['batch']:>5d} failed: {r['error'][:60]}; predicted {need / 2**30:.1f} GiB, "
+                  f"fits {dev.key}: {fits(dev, need)}")
+            continue
         t = finetune_time(shape, dev, 1, method="full", examples=r["batch"] * 100, epochs=1,
                           tokens_per_example=r["seq"], max_length=r["seq"], packing=False,
                           padding="max_length", length_sigma=0.0, micro_batch=r["batch"], grad_accum=1,
@@ -121,7 +124,8 @@ def compare(path: str) -> None:
         predicted = t.padded_tokens / t.steps_s
         measured = r["tokens_per_s"]
         print(f"{r['model']:14s} {r['batch']:>5d} {r['tokens']:>6d} {r['padded']!s:>6s} {measured:>15,.0f} "
-              f"{predicted:>10,.0f} {predicted / measured:>6.2f}")
+              f"{predicted:>10,.0f} {predicted / measured:>6.2f} {r['peak_gib']:>9.1f} {need / 2**30:>9.1f} "
+              f"{need / 2**30 / r['peak_gib']:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -257,13 +257,14 @@ def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
                           zero_stage=f.zero_stage, offload=f.cpu_offload, save_steps=f.save_steps,
                           lora_r=f.lora_r, lora_modules=modules, p=p)
     except NoFit as e:
+        cheaper = {"full": " or method: lora/qlora", "lora": " or method: qlora", "qlora": ""}
         tried = "gradient checkpointing, micro-batch 1"
         if f.method == "full":
             tried += (", ZeRO-3" if hw.count > 1 else "") + ", CPU offload"
         raise UserError(f"{source + ': ' if source else ''}finetune.hardware: {f.method} fine-tuning of "
                         f"{cfg.student.model} needs {e.args[0] / 1e9:.0f} GB per device even with {tried}; "
                         f"{hw.count}x {hw.gpu} has {device.memory_gb:.0f} GB each: use more devices, a bigger GPU"
-                        f"{' or method: lora/qlora' if f.method != 'qlora' else ''}") from None
+                        f"{cheaper[f.method]}") from None
     gpu_hours = t.wall_s * hw.count / 3600
     usd = gpu_hours * rate
     lo, hi = _range(0, usd, calibrated)

@@ -21,7 +21,11 @@ USABLE_FRACTION = 0.95  # allocator fragmentation headroom
 WEIGHT_BYTES, GRAD_BYTES, OPTIMIZER_BYTES = 2, 2, 12  # bf16 weight, bf16 grad, fp32 master + m + v
 # Frozen base weights of LoRA / QLoRA: bf16 = 2 B/param; NF4 = 0.5 B + ~6 % quantisation constants.
 FROZEN_BYTES = {"lora": 2.0, "qlora": 0.53}
-LOGIT_BYTES = 8  # bf16 logits + fp32 upcast for the loss + its gradient, per vocab entry per token
+# Per vocab entry per token: bf16 logits 2 + the fp32 copy the loss takes 4 + fp32 log-softmax kept
+# for backward 4 + its fp32 gradient 4 + the bf16 gradient 2. Was 8 until the H100/H200 micro-batch
+# sweeps (tests/data/costmodel_gpu_check_*.json): Qwen2.5-0.5B's peak grows 3.42 MB per token, the
+# activation term explains 1.02 MB of it and 8 B/entry only 1.22 MB more; 16 B gives 3.45 MB.
+LOGIT_BYTES = 16
 
 
 @dataclass(frozen=True)

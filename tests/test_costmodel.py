@@ -223,25 +223,56 @@ def test_gpu_baseline_measurements():
         assert 1 / 1.5 < t.padded_tokens / t.steps_s / measured < 1.5, name
 
 
-def test_h200_micro_batch_sweep():
-    """benchmarks/costmodel_gpu_check.py on a lent H200 (2026-11-26, tests/data): full fine-tuning
-    steps of Qwen2.5-0.5B/1.5B and Llama-3.2-3B shapes at 256 to 16,384 tokens per micro-step,
-    plus one padded batch. The curve is measured, not fitted to: every point within 1.5x."""
-    data = json.loads((ROOT / "tests" / "data" / "costmodel_gpu_check_h200.json").read_text())
-    assert "H200" in data[0]["gpu"]
-    h200 = catalog.hardware("h200")
+GPU_CHECKS = {  # benchmarks/costmodel_gpu_check.py on lent cards: (catalog key, file in tests/data, points)
+    "H200": ("h200", "costmodel_gpu_check_h200.json", 15),  # 2026-11-26
+    "H100": ("h100-sxm", "costmodel_gpu_check_h100.json", 14),  # 2026-11-27; Qwen2.5-1.5B x 64 ran out of memory
+}
+
+
+def _gpu_check(card: str) -> tuple:
+    key, name, points = GPU_CHECKS[card]
+    data = json.loads((ROOT / "tests" / "data" / name).read_text())
+    assert card in data[0]["gpu"]
+    return catalog.hardware(key), data[1:], points
+
+
+@pytest.mark.parametrize("card", GPU_CHECKS)
+def test_gpu_micro_batch_sweep(card):
+    """Full fine-tuning steps of Qwen2.5-0.5B/1.5B and Llama-3.2-3B shapes at 256 to 16,384 tokens
+    per micro-step, plus one padded batch. The curve is measured, not fitted to: every point within 1.5x."""
+    dev, rows, points = _gpu_check(card)
     ratios = []
-    for r in data[1:]:
-        t = finetune_time(catalog.model_shape(r["model"]), h200, 1, method="full", examples=r["batch"] * 100,
+    for r in rows:
+        if "error" in r:
+            continue
+        t = finetune_time(catalog.model_shape(r["model"]), dev, 1, method="full", examples=r["batch"] * 100,
                           epochs=1, tokens_per_example=r["seq"], max_length=r["seq"], packing=False,
                           padding="max_length", length_sigma=0.0, micro_batch=r["batch"], grad_accum=1,
                           recompute=False, zero_stage=0, offload=False, save_steps=10**9, lora_r=8,
                           lora_modules=2, p=dict(DEFAULTS))
         ratios.append(t.padded_tokens / t.steps_s / r["tokens_per_s"])
-    assert len(ratios) == 15 and all(1 / 1.5 < x < 1.5 for x in ratios), [round(x, 2) for x in ratios]
-    # Small micro-batches are launch-bound: 64x fewer tokens per step, less than 2x shorter steps.
-    small, big = data[1], data[7]
-    assert big["tokens"] == 64 * small["tokens"] and small["step_s"] > big["step_s"] / 2
+    assert len(ratios) == points and all(1 / 1.5 < x < 1.5 for x in ratios), [round(x, 2) for x in ratios]
+    # Small micro-batches are launch-bound: 64x fewer tokens per step, steps less than 4x shorter.
+    small, big = rows[0], rows[6]
+    assert big["tokens"] == 64 * small["tokens"] and small["step_s"] > big["step_s"] / 4
+
+
+@pytest.mark.parametrize("card", GPU_CHECKS)
+def test_training_memory_matches_measured_peaks(card):
+    """memory.training_bytes against torch's peak allocation at each point: within 0.8-1.35x (the
+    fixed overhead makes small batches look heavier), and the configuration that ran out of memory
+    is one the model says does not fit."""
+    from replicate.memory import TrainSetup, fits, training_bytes
+
+    dev, rows, _ = _gpu_check(card)
+    ratios = []
+    for prev, r in zip([{}] + rows, rows):
+        need = training_bytes(catalog.model_shape(r["model"]), TrainSetup("full", r["batch"], r["seq"], False, 0, False, 1))
+        if "error" in r:
+            assert "OutOfMemoryError" in r["error"] and not fits(dev, need), r
+        elif "error" not in prev:  # the 2026-11-27 script did not reset the peak after a failed config
+            ratios.append(need / 2**30 / r["peak_gib"])
+    assert len(ratios) >= 13 and all(0.8 < x < 1.35 for x in ratios), [round(x, 2) for x in ratios]
 
 
 # --- prices, calibration, errors --------------------------------------------------------------
