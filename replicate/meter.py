@@ -16,16 +16,17 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 LEDGER = "ledger.jsonl"
 TOKEN_FIELDS = ("prompt_tokens", "output_tokens", "trained_tokens")
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def device_name() -> tuple[str, int]:
@@ -38,7 +39,7 @@ def device_name() -> tuple[str, int]:
 
             if torch.cuda.is_available():
                 return torch.cuda.get_device_name(0), torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - a broken torch must not break metering
+    except Exception:  # noqa: BLE001, S110 - a broken torch must not break metering
         pass
     cpu = platform.processor() or platform.machine()
     try:

@@ -19,9 +19,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from replicate.errors import UserError
 
@@ -238,7 +238,7 @@ def _hub(repo_id: str) -> Path:
         raise UserError("hub ids need huggingface_hub: run  make setup") from None
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not in the local cache; try the hub below
+    except Exception:  # noqa: BLE001, S110 - not in the local cache; try the hub below
         pass
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise UserError(f"{repo_id} is not in the local HF cache and HF_HUB_OFFLINE=1: run  hf download {repo_id}")
