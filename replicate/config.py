@@ -255,6 +255,31 @@ def read_yaml(path: str | Path, missing: str) -> Any:
         raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
 
 
+def jsonl_rows(path: str | Path, missing: str):
+    """(line number, object) for each non-blank line of a user's JSONL file; a one-line UserError
+    naming the file and line for anything else (`missing` when the file is absent)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {missing}")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 may sit in a string
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            hint = " (expected JSONL: one JSON object per line)" if line.lstrip().startswith("[") else ""
+            raise UserError(f"{path}:{lineno}: not valid JSON: {e.msg}{hint}") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield lineno, row
+
+
 def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
     path = Path(path)
     data = read_yaml(path, "no such pipeline file")

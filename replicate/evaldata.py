@@ -6,11 +6,10 @@ plus the held-out split of the generated data, cut to the sizes the Evaluate con
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-from replicate.config import Evaluate
+from replicate.config import Evaluate, jsonl_rows
 from replicate.errors import UserError
 
 EVAL_DATA = Path(__file__).resolve().parent / "data" / "eval"
@@ -20,17 +19,8 @@ PROBES = EVAL_DATA / "probes.jsonl"
 
 def read_rows(path: Path, required: tuple[str, ...]) -> list[dict]:
     """JSONL rows, each checked for the required keys; errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such eval file")
     rows = []
-    for no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{no}: not valid JSON ({e.msg})") from None
+    for no, row in jsonl_rows(path, "no such eval file"):
         missing = [k for k in required if k not in row]
         if missing:
             raise UserError(f"{path}:{no}: missing key(s) {', '.join(missing)}")

@@ -16,12 +16,12 @@ No torch/transformers import at module level: the GPU benchmark imports this on 
 from __future__ import annotations
 
 import bisect
-import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from replicate.config import jsonl_rows
 from replicate.errors import UserError
 from replicate.template import prompt_completion
 
@@ -31,25 +31,14 @@ IGNORE = -100  # label of a position that contributes no loss (prompt, padding)
 def read_alpaca(path: str | Path) -> list[dict]:
     """Rows {instruction, input, output} of an Alpaca JSONL file; a bad line is a UserError naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: training data not found (run `replicate generate` first, or set train_file)")
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object with instruction/input/output")
-            for key in ("instruction", "output"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise UserError(f"{path}:{lineno}: `{key}` must be a non-empty string")
-            if not isinstance(row.get("input", ""), str):
-                raise UserError(f"{path}:{lineno}: `input` must be a string")
-            rows.append({"instruction": row["instruction"], "input": row.get("input") or "", "output": row["output"]})
+    for lineno, row in jsonl_rows(path, "training data not found (run `replicate generate` first, or set train_file)"):
+        for key in ("instruction", "output"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise UserError(f"{path}:{lineno}: `{key}` must be a non-empty string")
+        if not isinstance(row.get("input", ""), str):
+            raise UserError(f"{path}:{lineno}: `input` must be a string")
+        rows.append({"instruction": row["instruction"], "input": row.get("input") or "", "output": row["output"]})
     if not rows:
         raise UserError(f"{path}: no training examples (the file is empty)")
     return rows

@@ -17,7 +17,6 @@ generation stops at "20." (items 4..19).
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 import string
@@ -25,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from replicate.config import jsonl_rows
 from replicate.dedup import RougeDedup
 from replicate.errors import UserError
 
@@ -83,7 +83,7 @@ def load_seed_tasks(path: str | Path | None = None) -> list[SeedTask]:
     own format (`instances: [{input, output}]`) is read too. Errors name the file and line."""
     path = Path(path) if path is not None else SEED_TASKS
     tasks = []
-    for lineno, row in _jsonl_rows(path, "seed tasks"):
+    for lineno, row in jsonl_rows(path, "seed tasks file not found"):
         if "instances" in row and isinstance(row["instances"], list) and row["instances"]:
             row = {**row, **row["instances"][0]}  # Alpaca/Self-Instruct seed format
         instruction = _text_field(row, "instruction", path, lineno, required=True)
@@ -262,7 +262,7 @@ def load_instructions(path: str | Path, require_output: bool = False) -> list[di
     Errors name the file and line."""
     path = Path(path)
     rows = []
-    for lineno, row in _jsonl_rows(path, "instructions"):
+    for lineno, row in jsonl_rows(path, "instructions file not found"):
         out = {"instruction": _text_field(row, "instruction", path, lineno, required=True),
                "input": _text_field(row, "input", path, lineno)}
         if require_output:
@@ -316,27 +316,6 @@ def respond_rows(row: dict, text: str | None, finish_reason: str | None,
 
 
 # -- file reading ---------------------------------------------------------------------------
-
-def _jsonl_rows(path: Path, what: str):
-    """(line number, object) for each non-blank line; one-line UserErrors for anything else."""
-    if not path.is_file():
-        raise UserError(f"{what} file not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 may sit in a string
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            hint = " (expected JSONL: one JSON object per line)" if line.lstrip().startswith("[") else ""
-            raise UserError(f"{path}:{lineno}: not valid JSON: {e.msg}{hint}") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        yield lineno, row
-
 
 def _text_field(row: dict, key: str, path: Path, lineno: int, required: bool = False) -> str:
     value = row.get(key, "")
