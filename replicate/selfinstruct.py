@@ -147,6 +147,7 @@ class FilterStats:
     write_a_program: int = 0  # starts with "Write a program"
     punctuation_start: int = 0  # starts with punctuation
     non_ascii_start: int = 0  # first character not ASCII
+    empty_output: int = 0  # no output after "N. Output:" (not Alpaca's; nothing to train on)
     similar: int = 0  # ROUGE-L F > 0.7 against a seed or a kept instruction
     kept: int = 0
 
@@ -239,6 +240,8 @@ class Filters:
 
     def _reason(self, row: dict) -> str | None:
         reason = rule_violation(row["instruction"])
+        if reason is None and "output" in row and not row["output"].strip():  # before dedup: not "kept so far"
+            reason = "empty_output"
         if reason is None and not self.dedup.add_if_novel(row["instruction"]):
             reason = "similar"
         if reason is None:

@@ -221,10 +221,14 @@ def test_filters_count_every_reason_and_dedup_against_seeds_and_batch():
         {"instruction": "List five animals that live in deserts.", "input": "", "output": "x"},
     ]
     assert [filters.keep(r) for r in rows] == [False, True, False, False, False, False, True]
+    # A task with nothing after "N. Output:" (SmolLM2 wrote one in 222 rows): nothing to train
+    # on, and it does not block a later task with the same instruction and a real output.
+    empty = {"instruction": "Name three rivers that flow through Africa.", "input": "", "output": "  "}
+    assert not filters.keep(empty) and filters.keep(empty | {"output": "The Nile, the Congo, the Niger."})
     assert filters.stats.to_dict() == {
         "responses": 0, "truncated": 0, "unparsable": 0, "parsed": 0, "too_short": 1, "too_long": 0,
         "blacklisted": 1, "write_a_program": 1, "punctuation_start": 0, "non_ascii_start": 0,
-        "similar": 2, "kept": 2}
+        "empty_output": 1, "similar": 2, "kept": 3}
     # resume: rows kept by an earlier run are compared against too, and counts carry on
     restored = Filters(seeds, kept=["Explain how rainbows form in the sky."],
                        stats=FilterStats.from_dict(filters.stats.to_dict() | {"unknown": 5}))
