@@ -7,7 +7,8 @@ Self-hosted (vLLM-style continuous batching), per engine replica of `tp` devices
                   t_mem = (2N + batch x context x kv_bytes) / (tp x HBM x decode_efficiency)
                   t_cmp = batch x (2N + attention) / (tp x peak x generate_mfu)
                   t_step = max(t_mem, t_cmp) + tensor-parallel all-reduces + decode_step_overhead_s
-    batch     limited by max_num_seqs and by the KV cache that fits next to the weights
+    batch     limited by max_num_seqs, by the requests the caller keeps in flight (the generate
+              stage's requests_per_batch) and by the KV cache that fits next to the weights
     replicas  count / tp engines share the requests (data parallel)
 API: billed prompt + output tokens x the year's price; wall = requests / concurrency x latency.
 Formulas: docs/cost-model.md ("Generation").
@@ -40,8 +41,9 @@ class NoFitInference(Exception):
 
 
 def selfhosted_time(shape: ModelShape, device: Device, count: int, *, requests: float, prompt_tokens: float,
-                    output_tokens: float, p: dict) -> GenTime:
-    """`prompt_tokens`, `output_tokens`: means per request."""
+                    output_tokens: float, p: dict, in_flight: float | None = None) -> GenTime:
+    """`prompt_tokens`, `output_tokens`: means per request; `in_flight`: the most requests the caller
+    hands the engine(s) at once (None: all of them)."""
     tp = tensor_parallel_for(shape, device, count)
     if tp == 0:
         raise NoFitInference(inference_weight_bytes(shape))
@@ -54,7 +56,8 @@ def selfhosted_time(shape: ModelShape, device: Device, count: int, *, requests: 
     if p.get("kv_cache_gb"):  # a fixed KV budget (vLLM on CPU: VLLM_CPU_KVCACHE_SPACE)
         kv_space = p["kv_cache_gb"] * 1e9 * tp
     context = prompt_tokens + output_tokens  # a sequence's KV at its end
-    batch = min(p["max_num_seqs"], max(1.0, kv_space / (kv_token * context)), max(1.0, requests / replicas))
+    offered = min(requests, in_flight or requests) / replicas  # sequences a replica can be given at once
+    batch = min(p["max_num_seqs"], max(1.0, kv_space / (kv_token * context)), max(1.0, offered))
     attn_per_token = 4 * shape.layers * shape.attn_dim * (prompt_tokens + output_tokens / 2)
 
     mean_ctx = prompt_tokens + output_tokens / 2  # average KV length read per decode step

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from replicate import catalog
+from replicate import catalog, evalgen
 from replicate.config import Pipeline
 from replicate.cost_finetune import NoFit, finetune_time
 from replicate.cost_generate import NoFitInference, api_wall_s, selfhosted_time
@@ -191,7 +191,8 @@ def workload(cfg: Pipeline) -> Workload:
 
 
 def _generation(name: str, key: str, teacher, requests: float, prompt: float, output: float, year: int,
-                calibration: dict | None, source: str | None, hardware=None) -> StageEstimate:
+                calibration: dict | None, source: str | None, hardware=None,
+                in_flight: int | None = None) -> StageEstimate:
     """Generate `requests` completions with `teacher` (a config.Teacher): API or self-hosted."""
     hw = hardware or teacher.hardware
     api = teacher.backend == "openai" and (catalog.has_api_price(teacher.model, year) or not teacher.base_urls)
@@ -217,7 +218,8 @@ def _generation(name: str, key: str, teacher, requests: float, prompt: float, ou
         rate = catalog.usd_per_device_hour(hw.gpu, year, hw.spot)
     p, calibrated = params_for(device, calibration)
     try:
-        t = selfhosted_time(shape, device, hw.count, requests=requests, prompt_tokens=prompt, output_tokens=output, p=p)
+        t = selfhosted_time(shape, device, hw.count, requests=requests, prompt_tokens=prompt, output_tokens=output, p=p,
+                            in_flight=in_flight)
     except NoFitInference as e:
         need = e.args[0] / 1e9
         raise UserError(f"{source + ': ' if source else ''}{hw_key}: {teacher.model} needs {need:.0f} GB for its bf16 "
@@ -234,8 +236,9 @@ def _generation(name: str, key: str, teacher, requests: float, prompt: float, ou
 
 def generate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> StageEstimate:
     w = workload(cfg)
+    # The stage keeps at most requests_per_batch requests in the engine: that caps the decode batch.
     st = _generation("generate", "teacher", cfg.teacher, w.requests, w.prompt_per_request, w.output_per_request,
-                     year, calibration, source)
+                     year, calibration, source, in_flight=cfg.generate.requests_per_batch)
     st.detail.update({"mode": cfg.generate.mode, "examples_kept": w.kept})
     return st
 
@@ -295,10 +298,11 @@ def evaluate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
     inp = (e.examples * prompt + e.probes * PROBE_PROMPT_TOKENS) / n_req
     local = cfg.teacher.model_copy(update={"model": cfg.student.model, "backend": "vllm"})
     hw = e.hardware or (cfg.teacher.hardware if cfg.teacher.backend != "openai" else cfg.finetune.hardware)
-    parts = [_generation("evaluate", "student", local, n_req, inp, out, year, calibration, source, hw),  # base
-             _generation("evaluate", "student", local, n_req, inp, out, year, calibration, source, hw),  # student
+    chunk = evalgen.CHUNK  # the stage hands each model its prompts this many at a time
+    parts = [_generation("evaluate", "student", local, n_req, inp, out, year, calibration, source, hw, chunk),  # base
+             _generation("evaluate", "student", local, n_req, inp, out, year, calibration, source, hw, chunk),
              _generation("evaluate", "teacher", cfg.teacher, n_req, inp, out, year, calibration, source,
-                         hw if cfg.teacher.backend != "openai" else None)]
+                         hw if cfg.teacher.backend != "openai" else None, chunk)]
     if e.judge is not None:
         judge_prompt = JUDGE_TEMPLATE_TOKENS + prompt + 2 * completion
         parts.append(_generation("evaluate", "evaluate.judge", e.judge, 2 * e.examples, judge_prompt,

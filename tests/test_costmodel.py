@@ -184,6 +184,17 @@ def test_selfhosted_decode_is_memory_bound_small_and_compute_bound_large():
     assert long.batch < 10
 
 
+def test_requests_in_flight_cap_the_decode_batch():
+    # The generate stage never holds more than requests_per_batch requests in the engine.
+    def gen(n):
+        return estimate_pipeline(cfg(teacher={"model": "llama-3.1-8b", "backend": "vllm", "hardware": {"gpu": "h100-sxm"}},
+                                     generate={"requests_per_batch": n})).stage("generate")
+    small, big = gen(8), gen(512)
+    assert small.detail["batch"] == 8 and big.detail["batch"] == DEFAULTS["max_num_seqs"]
+    assert small.wall_hours > 3 * big.wall_hours
+    assert small.detail["requests"] == big.detail["requests"]
+
+
 def test_tensor_and_data_parallel_teacher():
     est = estimate_pipeline(cfg(teacher={"model": "llama-3.1-70b", "backend": "vllm",
                                          "hardware": {"gpu": "h100-sxm", "count": 8}}))

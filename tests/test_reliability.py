@@ -3,7 +3,8 @@ two `run`s on one directory, and calibration predicting a run of another size.
 
 Every stage runs for real (transformers teacher, TRL fine-tuning, transformers evaluation), with
 2-layer models of hidden size 32 carrying the SmolLM2 tokenizer, so one run takes seconds of work
-(plus the interpreter's start-up) instead of minutes.
+(plus the interpreter's start-up) instead of minutes. Calibration runs its own pair (longer answers,
+more epochs) so that the work it extrapolates is more than the noise around the start-up.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-SIZE_A, SIZE_B = 16, 48  # training rows of the two runs calibration compares
+SIZE_A, SIZE_B = 16, 48  # training rows: the kill tests run A; calibration fits on A and predicts B
 
 
 def _make_models(root: Path, tokenizer_dir: Path) -> None:
@@ -29,7 +30,10 @@ def _make_models(root: Path, tokenizer_dir: Path) -> None:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    for name, seed in (("teacher", 1), ("student", 2)):
+    # (folder, seed, EOS logit): answers of a few tokens for the kill tests; ~17 tokens (p = 0.057
+    # per step) for calibration, so that generating is a real share of a run and not noise around
+    # the start-up.
+    for name, seed, eos_logit in (("teacher", 1, 10.0), ("student", 2, 10.0), ("teacher-long", 1, 8.0)):
         torch.manual_seed(seed)
         cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -41,14 +45,14 @@ def _make_models(root: Path, tokenizer_dir: Path) -> None:
             # others at ~0) = 0.31: answers of a few tokens, most of them finished.
             model.model.embed_tokens.weight[:, 0] = 10.0
             model.lm_head.weight.mul_(0.01)
-            model.lm_head.weight[tok.eos_token_id, 0] = 1.77  # h_0 ~ 10 / rms = 5.66; x 1.77 = 10
+            model.lm_head.weight[tok.eos_token_id, 0] = 1.77 * eos_logit / 10  # h_0 ~ 10 / rms = 5.66
         model.to(torch.bfloat16).save_pretrained(root / name)
         tok.save_pretrained(root / name)
 
 
-def _pipeline(root: Path, examples: int) -> Path:
+def _pipeline(root: Path, examples: int, kind: str = "random", **sections) -> Path:
     cfg = {
-        "name": f"tiny-random-{examples}",
+        "name": f"tiny-{kind}-{examples}",
         "teacher": {"model": str(root / "teacher"), "backend": "transformers", "hardware": {"gpu": "cpu"},
                     "max_model_len": 512},
         "generate": {"mode": "respond", "instructions_file": str(root / "instructions.jsonl"), "examples": examples,
@@ -62,7 +66,9 @@ def _pipeline(root: Path, examples: int) -> Path:
                      "bootstrap_samples": 50, "max_model_len": 512},
         "budget": {"max_usd": 0.5},
     }
-    path = root / f"tiny-{examples}.yaml"
+    for key, value in sections.items():
+        cfg[key].update(value)
+    path = root / f"tiny-{kind}-{examples}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -73,15 +79,23 @@ def tiny(tmp_path_factory, teacher_dir) -> dict:
     _make_models(root, teacher_dir)
     rows = [{"instruction": f"Write a short note about item {i} in category {i % 7}.", "input": ""} for i in range(200)]
     (root / "instructions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"root": root, "a": _pipeline(root, SIZE_A), "b": _pipeline(root, SIZE_B)}
+    # Calibration's pair: longer answers, 8 requests per batch (the transformers backend decodes a
+    # batch to its longest answer, so a fixed batch keeps time proportional to tokens, as the cost
+    # model has it), and 4 epochs: work, not start-up, is most of what is predicted. No checkpoint
+    # every 2 steps: for a 3M-parameter model those writes were most of the training time and
+    # varied with the disk by +-20 %, while the speed factor calibrates compute.
+    calib = {"teacher": {"model": str(root / "teacher-long")},
+             "generate": {"max_tokens": 64, "requests_per_batch": 8}, "finetune": {"epochs": 4, "save_steps": 1000}}
+    return {"root": root, "a": _pipeline(root, SIZE_A), "calib_a": _pipeline(root, SIZE_A, "calib", **calib),
+            "calib_b": _pipeline(root, SIZE_B, "calib", **calib)}
 
 
 def _cmd(pipeline: Path, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "replicate", "run", str(pipeline), "--run-dir", str(run_dir)]
 
 
-def _run(pipeline: Path, run_dir: Path) -> subprocess.CompletedProcess:
-    out = subprocess.run(_cmd(pipeline, run_dir), capture_output=True, text=True, timeout=300, check=False)
+def _run(pipeline: Path, run_dir: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    out = subprocess.run(_cmd(pipeline, run_dir), capture_output=True, text=True, timeout=300, check=False, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -165,26 +179,30 @@ def test_kill_9_at_random_points_then_resume_matches_an_uninterrupted_run(tiny, 
     assert sorted(data) == sorted(kept[: len(data)])
 
 
-def test_calibrated_estimate_of_another_size_lands_within_25_percent(tiny, baseline):
+def test_calibrated_estimate_of_another_size_lands_within_25_percent(tiny):
     from replicate.calibrate import calibrate
     from replicate.config import load_pipeline
     from replicate.costmodel import estimate_pipeline
 
-    cfg_b = load_pipeline(tiny["b"])
-    other = tiny["root"] / "size-b"
-    # A fresh process like the calibrated run: the metered engine start includes cold imports that
-    # an in-process run skips (its whole generate stage took 1.5 s; the fresh engine start alone 5 s).
-    _run(tiny["b"], other)
-    cal = calibrate([baseline["dir"]])
+    # Two clean runs, each a fresh process like a user's (cold imports are part of the metered
+    # engine start), neither overlapping anything else. One torch thread: with two on this 2-core
+    # machine a tiny model's step times wander by +-20 % from run to run; with one, by a few %.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    calibrated, other = tiny["root"] / "calib-a", tiny["root"] / "calib-b"
+    _run(tiny["calib_a"], calibrated, env)
+    _run(tiny["calib_b"], other, env)
+    cal = calibrate([calibrated])
+    cfg_b = load_pipeline(tiny["calib_b"])
     # The workflow docs/runs.md describes: the measured data shape goes into the pipeline's `data:`.
-    hints = {k: v for k, v in cal["workload"][f"tiny-random-{SIZE_A}"].items() if k in type(cfg_b.data).model_fields}
+    hints = {k: v for k, v in cal["workload"][f"tiny-calib-{SIZE_A}"].items() if k in type(cfg_b.data).model_fields}
     cfg_b = cfg_b.model_copy(update={"data": cfg_b.data.model_copy(update=hints)})
     est = estimate_pipeline(cfg_b, calibration=cal).to_dict()
-    ledger = [json.loads(x) for x in (other / "ledger.jsonl").read_text().splitlines()]
+    ledger = [r for r in _ledger(other) if r["kind"] == "measured"]
     stages = ("generate", "finetune")
-    measured = {s: sum(r["device_hours"] for r in ledger if r["stage"] == s and r["kind"] == "measured") for s in stages}
+    measured = {s: sum(r["device_hours"] for r in ledger if r["stage"] == s) for s in stages}
     predicted = {s["name"]: s["gpu_hours"] for s in est["stages"] if s["name"] in stages}
-    why = f"predicted {predicted}, measured {measured}, fit {cal['fit']}"
+    split = {r["stage"]: (r["wall_s"], r.get("startup_s"), r.get("tokens_per_s")) for r in ledger}
+    why = f"predicted {predicted}, measured {measured} (wall, startup, tok/s: {split}), fit {cal['fit']}"
     assert sum(predicted.values()) == pytest.approx(sum(measured.values()), rel=0.25), why
     default = estimate_pipeline(cfg_b).to_dict()  # and calibration is what got it there
     uncalibrated = sum(s["gpu_hours"] for s in default["stages"] if s["name"] in stages)
