@@ -185,9 +185,13 @@ def test_calibrated_estimate_of_another_size_lands_within_25_percent(tiny):
     from replicate.costmodel import estimate_pipeline
 
     # Two clean runs, each a fresh process like a user's (cold imports are part of the metered
-    # engine start), neither overlapping anything else. One torch thread: with two on this 2-core
-    # machine a tiny model's step times wander by +-20 % from run to run; with one, by a few %.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # engine start), neither overlapping anything else. Both with the same two settings that take
+    # this VM's noise out of a tiny model's training step (docs/runs.md, Calibration): one torch
+    # thread (with two on 2 cores, step times wandered by +-20 %), and glibc keeping freed memory
+    # (by default every step's 49K-vocab logits were fresh mmaps: ~1.2M page faults per run, whose
+    # cost in a VM varies; 2.0x the step time of the same run with the memory kept).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+           "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
     calibrated, other = tiny["root"] / "calib-a", tiny["root"] / "calib-b"
     _run(tiny["calib_a"], calibrated, env)
     _run(tiny["calib_b"], other, env)
