@@ -97,10 +97,10 @@ def run(out_dir: str) -> None:
 
 def compare(path: str) -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from replicate import catalog
-    from replicate.cost_finetune import finetune_time
-    from replicate.costmodel import DEFAULTS
-    from replicate.memory import TrainSetup, fits, training_bytes
+    from replicate.cost import catalog
+    from replicate.cost.training import finetune_time
+    from replicate.cost.estimate import DEFAULTS
+    from replicate.cost.memory import TrainSetup, fits, training_bytes
 
     with open(path) as fh:
         rows = json.load(fh)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from replicate.dedup import RougeDedup
+from replicate.generate.dedup import RougeDedup
 
 W = {
     "form": "poem|haiku|short story|limerick|blog post|tweet|product description|cover letter|speech"
@@ -223,7 +223,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from replicate.meter import device_name
-    from replicate.selfinstruct import load_seed_tasks
+    from replicate.generate.selfinstruct import load_seed_tasks
 
     load_before = os.getloadavg()[0]
     seeds = [task.instruction for task in load_seed_tasks()]

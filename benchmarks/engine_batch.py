@@ -27,8 +27,8 @@ def main() -> None:
     from vllm import SamplingParams
 
     from replicate import meter
-    from replicate.models import resolve
-    from replicate.teacher import VLLMTeacher
+    from replicate.weights import resolve
+    from replicate.engines.base import VLLMTeacher
 
     teacher = VLLMTeacher(resolve("packaged:smollm2-135m-instruct"), max_model_len=2048, max_in_flight=max(batches))
     # ~480 prompt tokens, like a self-instruct request (3 seed tasks + the instructions).

@@ -33,7 +33,7 @@ def trl_defaults(model_dir: Path, rows: list[dict], batch: int, steps: int) -> d
     from trl import SFTConfig, SFTTrainer
     from trl.kernels.chunked_logprob import _use_triton
 
-    from replicate.template import prompt_completion
+    from replicate.prompts import prompt_completion
 
     trl_utils._use_triton = _use_triton  # undo the stage's CPU LM-head switch: plain TRL, as a user gets it
 
@@ -92,7 +92,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from replicate.models import resolve
+    from replicate.weights import resolve
 
     model_dir = resolve(args.model)
     rows = synthetic_alpaca(args.examples)

@@ -30,7 +30,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 def stage_run(cfg, teacher, run_dir: Path) -> dict:
-    from replicate import generate_io as io
+    from replicate.generate import dataset
     from replicate.generate import run_generate
 
     teacher.llm.reset_prefix_cache()
@@ -38,7 +38,7 @@ def stage_run(cfg, teacher, run_dir: Path) -> dict:
     stats = run_generate(cfg, run_dir, teacher=teacher, progress=False)
     wall = time.perf_counter() - t0
     # Requests the stage kept in the engine, averaged over time (each log line: finish time t, latency).
-    spans = [(r["t"] - r["latency_s"], r["t"]) for r in io.read_log(run_dir / "data")]
+    spans = [(r["t"] - r["latency_s"], r["t"]) for r in dataset.read_log(run_dir / "data")]
     end = max(b for _, b in spans)
     occupancy = sum(b - a for a, b in spans) / end
     print(f"  stage:  {stats['requests']} requests, {stats['output_tokens']} output tokens, {wall:.1f} s, "
@@ -51,12 +51,12 @@ def direct_run(cfg, teacher, run_dir: Path) -> dict:
     """The stage's own requests, straight into LLM.generate (one call, all prompts)."""
     from vllm import SamplingParams
 
-    from replicate import generate_io as io
-    from replicate.generate_modes import SelfInstruct
+    from replicate.generate import dataset
+    from replicate.generate.modes import SelfInstruct
 
     mode = SelfInstruct(cfg)
     mode.chat = teacher.chat
-    reqs = [mode.request(rec["index"])[0] for rec in io.read_log(run_dir / "data")]
+    reqs = [mode.request(rec["index"])[0] for rec in dataset.read_log(run_dir / "data")]
     prompts = [teacher._engine_prompt(r.prompt) for r in reqs]
     g = cfg.generate
     params = [SamplingParams(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
@@ -81,8 +81,8 @@ def main() -> None:
 
     from replicate import meter
     from replicate.config import parse_pipeline
-    from replicate.models import resolve
-    from replicate.teacher import Sampling, VLLMTeacher
+    from replicate.weights import resolve
+    from replicate.engines.base import Sampling, VLLMTeacher
 
     cfg = parse_pipeline({
         "name": "bench-generate", "student": {"model": "packaged:gemma-3-270m"},

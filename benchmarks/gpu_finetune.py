@@ -120,7 +120,7 @@ def trl_defaults(model_dir: Path, pool: list[dict], *, steps: int, batch: int) -
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from replicate.template import prompt_completion
+    from replicate.prompts import prompt_completion
 
     times, tokens = [], {}
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from replicate import plan as planmod
+from replicate.cost import plan as planmod
 from replicate.config import parse_pipeline
-from replicate.costmodel import estimate_pipeline
+from replicate.cost.estimate import estimate_pipeline
 from replicate.errors import UserError
 from replicate.meter import device_name
 

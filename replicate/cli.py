@@ -14,12 +14,12 @@ from replicate.errors import UserError
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from replicate import models
+    from replicate import weights
 
     if args.convert:
-        for name in models.PACKAGED:
-            models.ensure_packaged(name)
-    rows = models.packaged_status()
+        for name in weights.PACKAGED:
+            weights.ensure_packaged(name)
+    rows = weights.packaged_status()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prices", type=int, help="price year (default: the YAML's `prices`)")
     p.add_argument("--calibration", help="YAML written by `replicate calibrate`")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lambda a: _call("replicate.estimate_cli", "cli_estimate", a))
+    p.set_defaults(func=lambda a: _call("replicate.report.estimate", "cli_estimate", a))
 
     p = sub.add_parser("plan", help="the best replications a budget buys, ranked")
     p.add_argument("--budget", type=float, required=True, help="dollars")
@@ -68,19 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default="gpt-4o-mini", help="teacher (API model or catalog model)")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lambda a: _call("replicate.estimate_cli", "cli_plan", a))
+    p.set_defaults(func=lambda a: _call("replicate.report.estimate", "cli_plan", a))
 
     p = sub.add_parser("generate", help="stage 1: generate instruction data from the teacher")
     _pipeline_arg(p)
     p.add_argument("--run-dir", help="default: runs/<name>")
     p.add_argument("--max-usd", type=float, help="stop cleanly (resumable) before spending more")
-    p.set_defaults(func=lambda a: _call("replicate.generate", "cli_generate", a))
+    p.set_defaults(func=lambda a: _call("replicate.generate.stage", "cli_generate", a))
 
     p = sub.add_parser("finetune", help="stage 2: fine-tune the student on the generated data")
     _pipeline_arg(p)
     p.add_argument("--run-dir", help="default: runs/<name>")
     p.add_argument("--max-usd", type=float, help="stop cleanly (resumable, checkpoint saved) before spending more")
-    p.set_defaults(func=lambda a: _call("replicate.finetune", "cli_finetune", a))
+    p.set_defaults(func=lambda a: _call("replicate.finetune.train", "cli_finetune", a))
 
     p = sub.add_parser("evaluate", help="stage 3: compare base, student and teacher")
     p.add_argument("pipeline", nargs="?", help="pipeline YAML (or give --student/--teacher/--base)")
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="teacher model reference")
     p.add_argument("--base", help="base model reference")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=lambda a: _call("replicate.evaluate", "cli_evaluate", a))
+    p.set_defaults(func=lambda a: _call("replicate.evaluate.stage", "cli_evaluate", a))
 
     p = sub.add_parser("run", help="the whole replication: estimate, generate, finetune, evaluate, report")
     _pipeline_arg(p)
@@ -107,12 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="report.md/.html/.json from a run directory")
     p.add_argument("run_dir")
-    p.set_defaults(func=lambda a: _call("replicate.report", "cli_report", a))
+    p.set_defaults(func=lambda a: _call("replicate.report.build", "cli_report", a))
 
     p = sub.add_parser("calibrate", help="fit the cost model's efficiencies to measured runs")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("-o", "--output", default="calibration.yaml")
-    p.set_defaults(func=lambda a: _call("replicate.calibrate", "cli_calibrate", a))
+    p.set_defaults(func=lambda a: _call("replicate.cost.calibrate", "cli_calibrate", a))
 
     p = sub.add_parser("demo", help="the offline default replication (what `make demo` runs)")
     p.add_argument("--run-dir", help="default: runs/tiny-cpu")

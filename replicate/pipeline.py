@@ -111,7 +111,7 @@ def remaining_usd(cfg: Pipeline, budget_dir: Path) -> float | None:
 
 
 def estimate(cfg: Pipeline, calibration: dict | None = None) -> dict:
-    from replicate.costmodel import estimate_pipeline
+    from replicate.cost.estimate import estimate_pipeline
 
     return estimate_pipeline(cfg, calibration=calibration).to_dict()
 
@@ -203,7 +203,7 @@ def run_pipeline(cfg: Pipeline, run_dir: Path, *, calibration: dict | None = Non
 def load_calibration(path: str | None) -> dict | None:
     if not path:
         return None
-    from replicate.calibration import load_calibration
+    from replicate.cost.calibration import load_calibration
 
     return load_calibration(path)
 

@@ -156,8 +156,8 @@ def _measured(rows: list[dict], stage: str, key: str = "usd") -> float:
 
 def copy_curve(root: Path) -> dict:
     """Points (examples, cost of the copy, gap_closed per family), fits and the 50% statements."""
-    from replicate.report import read_scores, sweep_dirs
-    from replicate.report_eval import summarize_scores
+    from replicate.report.build import read_scores, sweep_dirs
+    from replicate.report.evaluation import summarize_scores
 
     root = Path(root)
     gen_usd = _measured(meter.read_ledger(root), "generate")

@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def teacher_dir():
     """HF folder of the packaged teacher (SmolLM2-135M-Instruct), converted once."""
-    from replicate.models import resolve
+    from replicate.weights import resolve
 
     return resolve("packaged:smollm2-135m-instruct")
 
@@ -22,7 +22,7 @@ def teacher_dir():
 @pytest.fixture(scope="session")
 def base_dir():
     """HF folder of the packaged base student (Gemma-3-270M), converted once."""
-    from replicate.models import resolve
+    from replicate.weights import resolve
 
     return resolve("packaged:gemma-3-270m")
 
@@ -30,14 +30,14 @@ def base_dir():
 # ---- generate / teacher area (replicate/teacher.py) ---------------------------------------------
 @pytest.fixture(scope="session")
 def teacher_vllm(teacher_dir):
-    """The packaged teacher on the vLLM CPU engine: a `replicate.teacher.VLLMTeacher`, started on
+    """The packaged teacher on the vLLM CPU engine: a `replicate.engines.base.VLLMTeacher`, started on
     first use (~40 s), shared by every test of the session, shut down at the end.
 
         outs = teacher_vllm.complete(prompts, Sampling(max_tokens=64, temperature=0.0))
 
     max_model_len 2048; up to 64 requests in the engine at once. Pass it to
     `run_generate(..., teacher=teacher_vllm)` to generate without a second engine."""
-    from replicate.teacher import VLLMTeacher
+    from replicate.engines.base import VLLMTeacher
 
     teacher = VLLMTeacher(teacher_dir, max_model_len=2048, max_in_flight=64)
     yield teacher

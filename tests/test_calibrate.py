@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from replicate import meter
-from replicate.calibrate import calibrate, observations, predict_s
-from replicate.calibration import load_calibration
+from replicate.cost.calibrate import calibrate, observations, predict_s
+from replicate.cost.calibration import load_calibration
 from replicate.config import parse_pipeline
 
 # A device that is 3x slower than the CPU defaults in every respect, with 5 s of metered start-up.

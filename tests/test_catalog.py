@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from replicate import catalog
+from replicate.cost import catalog
 from replicate.errors import UserError
 
 NUMERIC = ("peak_bf16_tflops", "memory_gb", "hbm_gb_per_s", "link_gb_per_s", "inter_node_gb_per_s",
@@ -27,7 +27,7 @@ def test_param_counts_from_shape_match_published():
 
 
 def test_packaged_models_match_their_gguf_counts():
-    from replicate.models import PACKAGED
+    from replicate.weights import PACKAGED
 
     for name, pm in PACKAGED.items():
         assert catalog.model_shape(f"packaged:{name}").params == pm.params
@@ -112,7 +112,7 @@ def test_price_lookup_errors_and_retired_models():
 
 
 def test_tables_load_lazily_and_without_torch():
-    code = ("import sys; import replicate.catalog as c, replicate.costmodel, replicate.plan; "
+    code = ("import sys; import replicate.cost.catalog as c, replicate.cost.estimate, replicate.cost.plan; "
             "assert c._table.cache_info().currsize == 0, 'tables read at import'; "
             "assert 'torch' not in sys.modules; c.hardware('cpu'); assert c._table.cache_info().currsize == 1")
     subprocess.run([sys.executable, "-c", code], check=True)

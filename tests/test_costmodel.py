@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from replicate import catalog
-from replicate.calibration import load_calibration
+from replicate.cost import catalog
+from replicate.cost.calibration import load_calibration
 from replicate.config import load_pipeline, parse_pipeline
-from replicate.cost_finetune import finetune_time, padded_length
-from replicate.cost_generate import selfhosted_time
-from replicate.costmodel import DEFAULTS, FITTABLE, estimate_pipeline, params_for
+from replicate.cost.training import finetune_time, padded_length
+from replicate.cost.generation import selfhosted_time
+from replicate.cost.estimate import DEFAULTS, FITTABLE, estimate_pipeline, params_for
 from replicate.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def test_published_runs_land_in_the_low_mfu_regime():
 
 
 def test_docs_carry_the_current_published_table():
-    from replicate.published import markdown
+    from replicate.cost.published import markdown
 
     assert markdown() in (ROOT / "docs" / "cost-model.md").read_text()
 
@@ -273,7 +273,7 @@ def test_training_memory_matches_measured_peaks(card):
     """memory.training_bytes against torch's peak allocation at each point: within 0.8-1.35x (the
     fixed overhead makes small batches look heavier), and the configuration that ran out of memory
     is one the model says does not fit."""
-    from replicate.memory import TrainSetup, fits, training_bytes
+    from replicate.cost.memory import TrainSetup, fits, training_bytes
 
     dev, rows, _ = _gpu_check(card)
     ratios = []

@@ -1,4 +1,4 @@
-"""replicate.dedup gives rouge_score's exact ROUGE-L keep/drop decisions (real and adversarial)."""
+"""replicate.generate.dedup gives rouge_score's exact ROUGE-L keep/drop decisions (real and adversarial)."""
 from __future__ import annotations
 
 import random
@@ -7,8 +7,8 @@ import pytest
 from rouge_score import rouge_scorer
 from rouge_score import tokenize as rouge_tokenize
 
-from replicate.dedup import RougeDedup, lcs_length, rouge_l, tokenize
-from replicate.selfinstruct import load_seed_tasks
+from replicate.generate.dedup import RougeDedup, lcs_length, rouge_l, tokenize
+from replicate.generate.selfinstruct import load_seed_tasks
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 ADVERSARIAL_TEXTS = [

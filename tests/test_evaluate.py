@@ -11,7 +11,7 @@ import shutil
 import pytest
 from scripted_server import ScriptedServer
 
-from replicate import evalgen
+from replicate.evaluate import generations
 from replicate.config import Evaluate, Pipeline, Student, Teacher
 from replicate.errors import UserError
 from replicate.evaluate import run_evaluate
@@ -135,7 +135,7 @@ def _reuse_generations(run_a, tmp_path_factory, name):
 def test_base_as_its_own_student_closes_nothing(run_a, tmp_path_factory, teacher_dir, tiny_dir, instructions,
                                                 monkeypatch):
     run_dir = _reuse_generations(run_a, tmp_path_factory, "run-b")
-    monkeypatch.setattr(evalgen, "_open_backend", lambda *a: pytest.fail("no engine should start"))
+    monkeypatch.setattr(generations, "_open_backend", lambda *a: pytest.fail("no engine should start"))
     cfg = _cfg(teacher_dir, tiny_dir, instructions)
     s = run_evaluate(cfg, run_dir, student_dir=tiny_dir)
     for name, m in s["metrics"].items():
@@ -152,7 +152,7 @@ def test_constant_answer_scores_near_zero_even_when_the_judge_is_fooled(run_a, t
     gens = run_dir / "eval" / "generations"
     teacher_rows = read_jsonl(gens / "teacher.jsonl")
     cfg = _cfg(teacher_dir, tiny_dir, instructions, judge_url="http://127.0.0.1:9/v1")
-    (student,) = [c for c in evalgen.contenders(cfg, tiny_dir) if c.role == "student"]
+    (student,) = [c for c in generations.contenders(cfg, tiny_dir) if c.role == "student"]
     # the degenerate model: the same answer to everything (and nothing at all to one prompt)
     meta = {"meta": {**teacher_rows[0]["meta"], "model": list(student.signature), "max_len": student.max_len}}
     rows = [meta] + [{"key": r["key"], "output": "" if i == 1 else CONSTANT} for i, r in enumerate(teacher_rows[1:])]

@@ -192,7 +192,7 @@ def answers(model_dir: Path, rows: list[dict], max_new_tokens: int = 20) -> list
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from replicate.template import alpaca_prompt
+    from replicate.prompts import alpaca_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from replicate.errors import UserError
-from replicate.finetune_data import (
+from replicate.finetune.data import (
     IGNORE,
     Collator,
     pack_bins,
@@ -17,7 +17,7 @@ from replicate.finetune_data import (
     read_alpaca,
     tokenize_examples,
 )
-from replicate.template import PROMPT_INPUT, PROMPT_NO_INPUT, alpaca_prompt
+from replicate.prompts import PROMPT_INPUT, PROMPT_NO_INPUT, alpaca_prompt
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from replicate.finetune_data import IGNORE, Collator, pack_examples
+from replicate.finetune.data import IGNORE, Collator, pack_examples
 
 
 def tiny(family: str, attn: str):

@@ -18,11 +18,12 @@ import pytest
 import yaml
 from scripted_server import ScriptedServer
 
-from replicate import catalog, meter
-from replicate import generate_io as io
+from replicate import meter
+from replicate.cost import catalog
+from replicate.generate import dataset
 from replicate.config import parse_pipeline
 from replicate.errors import BudgetExceeded, UserError
-from replicate.generate import GIVE_UP_AFTER, run_generate
+from replicate.generate.stage import GIVE_UP_AFTER, run_generate
 
 WORDS = ["river", "bakery", "ladder", "comet", "violin", "harbor", "tulip", "glacier", "pepper", "lantern",
          "museum", "cactus", "orbit", "falcon", "meadow", "pencil", "castle", "marble", "summit", "canyon",
@@ -53,7 +54,7 @@ def pipeline(base_url: str, **generate) -> object:
 
 
 def log_indices(run_dir: Path) -> list[int]:
-    return [r["index"] for r in io.read_log(run_dir / "data")]
+    return [r["index"] for r in dataset.read_log(run_dir / "data")]
 
 
 def test_self_instruct_over_http_writes_dataset_card_ledger_then_done(tmp_path):
@@ -86,7 +87,7 @@ def test_self_instruct_over_http_writes_dataset_card_ledger_then_done(tmp_path):
     done = json.loads((data / "done.json").read_text())
     assert done["usd"] == pytest.approx(line["usd"]) and done["complete"]
     assert (data / "done.json").stat().st_mtime_ns >= (data / "README.md").stat().st_mtime_ns
-    rec = io.read_log(data)[0]
+    rec = dataset.read_log(data)[0]
     assert rec["request_id"] == "si-0000000" and rec["rng"] == {"seed": 3, "index": 0} and len(rec["seed_ids"]) == 3
 
 
@@ -98,13 +99,13 @@ def test_max_usd_stops_cleanly_then_resumes_without_duplicates(tmp_path):
             run_generate(cfg, tmp_path, max_usd=3.5 * per_request, progress=False)
         data = tmp_path / "data"
         assert log_indices(tmp_path) == [0, 1, 2] and not (data / "done.json").exists()
-        assert len(io.read_log(data)) == 3 and "no (stopped early" in (data / "README.md").read_text()
-        first = (data / io.LOG).read_text()
+        assert len(dataset.read_log(data)) == 3 and "no (stopped early" in (data / "README.md").read_text()
+        first = (data / dataset.LOG).read_text()
         with pytest.raises(UserError, match="seed=3"):  # other settings would mix two datasets
             run_generate(pipeline(srv.base_url, examples=20, seed=4), tmp_path, progress=False)
         stats = run_generate(cfg, tmp_path, progress=False)
     assert stats["complete"] and stats["train_rows"] == 20
-    assert (data / io.LOG).read_text().startswith(first)  # nothing finished was redone or lost
+    assert (data / dataset.LOG).read_text().startswith(first)  # nothing finished was redone or lost
     indices = log_indices(tmp_path)
     assert sorted(indices) == list(range(len(indices)))
     usd = [r["usd"] for r in meter.read_ledger(tmp_path)]
@@ -133,7 +134,7 @@ def test_garbage_or_empty_teacher_is_counted_then_stops(tmp_path):
     with (ScriptedServer(reply=lambda body: next(answers), usage=(10, 0)) as srv,
           pytest.raises(UserError, match=f"no usable rows in {GIVE_UP_AFTER} requests.*empty {blank}")):
         run_generate(pipeline(srv.base_url), tmp_path, progress=False)
-    log = io.read_log(tmp_path / "data")
+    log = dataset.read_log(tmp_path / "data")
     assert len(log) == GIVE_UP_AFTER and sum(r["empty"] for r in log) == blank
     assert all(r["parsed"] == 0 and r["dropped"]["unparsable"] >= 1 for r in log)
     assert meter.read_ledger(tmp_path)[-1]["requests"] == GIVE_UP_AFTER  # the chunk is still metered
@@ -197,7 +198,7 @@ def test_self_instruct_on_the_vllm_teacher(teacher_vllm, tmp_path):
         "generate": {"examples": 4, "max_tokens": 320, "temperature": 0.7, "top_p": 0.9, "held_out_fraction": 0},
     })
     stats = run_generate(cfg, tmp_path, teacher=teacher_vllm, progress=False)
-    log = io.read_log(tmp_path / "data")
+    log = dataset.read_log(tmp_path / "data")
     [line] = meter.read_ledger(tmp_path)
     assert stats["train_rows"] == 4 and stats["kept"] >= 4
     assert line["prompt_tokens"] == sum(r["prompt_tokens"] for r in log) > 300 * len(log)
@@ -235,7 +236,7 @@ def test_cli_killed_with_sigkill_resumes_with_every_finished_row(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "replicate", "generate", str(yaml_path), "--run-dir", str(run_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 threads on a busy 2-core machine spin-wait: ~15x slower
-    log_path = run_dir / "data" / io.LOG
+    log_path = run_dir / "data" / dataset.LOG
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     _wait_for(lambda: log_path.exists() and log_path.read_bytes().count(b"\n") >= 4, 120, proc)
     proc.send_signal(signal.SIGKILL)
@@ -248,7 +249,7 @@ def test_cli_killed_with_sigkill_resumes_with_every_finished_row(tmp_path):
     assert re.search(r"generate: \d+ train \+ \d+ held-out rows from 12 requests", done.stdout.decode())
     after = log_path.read_bytes()
     assert after.startswith(before)  # every row finished before the kill is kept as it was
-    log = io.read_log(run_dir / "data")
+    log = dataset.read_log(run_dir / "data")
     assert sorted(r["index"] for r in log) == list(range(12))  # no duplicate, none missing
     train = meter.read_jsonl(run_dir / "data" / "train.jsonl")
     kept = [row for r in log for row in r["rows"]]

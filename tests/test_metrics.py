@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pytest
 
-from replicate import metrics as M
-from replicate.evaldata import INSTRUCTIONS, PROBES, read_rows
-from replicate.evalscore import build_scores
+from replicate.evaluate import metrics as M
+from replicate.evaluate.items import INSTRUCTIONS, PROBES, read_rows
+from replicate.evaluate.scores import build_scores
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

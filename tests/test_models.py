@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from replicate import models
+from replicate import weights
 from replicate.errors import UserError
 
-CONVERT = "from replicate.models import ensure_packaged; print(ensure_packaged('smollm2-135m-instruct'))"
+CONVERT = "from replicate.weights import ensure_packaged; print(ensure_packaged('smollm2-135m-instruct'))"
 
 
 def _greedy(folder: Path, prompts: list[str], chat: bool) -> list[str]:
@@ -37,8 +37,8 @@ def _greedy(folder: Path, prompts: list[str], chat: bool) -> list[str]:
 
 
 def test_teacher_resolves_and_answers_deterministically(teacher_dir):
-    info = json.loads((teacher_dir / models.MARKER).read_text())
-    assert info["params"] == models.PACKAGED["smollm2-135m-instruct"].params
+    info = json.loads((teacher_dir / weights.MARKER).read_text())
+    assert info["params"] == weights.PACKAGED["smollm2-135m-instruct"].params
     assert info["has_chat_template"]
     q = ["What is the capital of France?"]
     first, second = _greedy(teacher_dir, q, chat=True), _greedy(teacher_dir, q, chat=True)
@@ -47,8 +47,8 @@ def test_teacher_resolves_and_answers_deterministically(teacher_dir):
 
 
 def test_base_student_resolves_and_continues_text_deterministically(base_dir):
-    info = json.loads((base_dir / models.MARKER).read_text())
-    assert info["params"] == models.PACKAGED["gemma-3-270m"].params
+    info = json.loads((base_dir / weights.MARKER).read_text())
+    assert info["params"] == weights.PACKAGED["gemma-3-270m"].params
     assert not info["has_chat_template"]  # a base model: prompted with the Alpaca template, not chat
     prompt = ["Question: What is the capital of Japan?\nAnswer: Tokyo\n\nQuestion: What is the capital of France?\nAnswer:"]
     first, second = _greedy(base_dir, prompt, chat=False), _greedy(base_dir, prompt, chat=False)
@@ -57,20 +57,20 @@ def test_base_student_resolves_and_continues_text_deterministically(base_dir):
 
 
 def test_local_folder_passes_through_and_bad_refs_fail_in_one_line(teacher_dir, tmp_path):
-    assert models.resolve(str(teacher_dir)) == teacher_dir
+    assert weights.resolve(str(teacher_dir)) == teacher_dir
     with pytest.raises(UserError, match="config.json"):
-        models.resolve(str(tmp_path))
+        weights.resolve(str(tmp_path))
     with pytest.raises(UserError, match="cannot resolve"):
-        models.resolve("llama-7b")
+        weights.resolve("llama-7b")
     with pytest.raises(UserError, match="unknown packaged model"):
-        models.resolve("packaged:nope")
+        weights.resolve("packaged:nope")
 
 
 def test_hub_id_offline_names_the_download(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(UserError, match="hf download Qwen/Qwen2.5-0.5B"):
-        models.resolve("Qwen/Qwen2.5-0.5B")
+        weights.resolve("Qwen/Qwen2.5-0.5B")
 
 
 def _env(cache: Path) -> dict:
@@ -96,7 +96,7 @@ def test_killed_conversion_leaves_nothing_counted_and_resolve_recovers(tmp_path)
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     final = Path(out.stdout.strip().splitlines()[-1])
-    assert (final / models.MARKER).is_file() and (final / "model.safetensors").is_file()
+    assert (final / weights.MARKER).is_file() and (final / "model.safetensors").is_file()
     assert not list(mdir.glob("smollm2-135m-instruct.tmp-*")), "stale temp folders must be cleaned"
 
 
@@ -135,7 +135,7 @@ def test_cli_version_help_and_one_line_errors():
 
 @pytest.mark.slow
 def test_teacher_answers_through_the_real_vllm_cpu_engine(teacher_vllm):
-    from replicate.teacher import Sampling
+    from replicate.engines.base import Sampling
 
     q = [[{"role": "user", "content": "What is the capital of France?"}]]
     out = teacher_vllm.complete(q, Sampling(max_tokens=24, temperature=0.0))[0]

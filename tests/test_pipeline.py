@@ -93,7 +93,7 @@ MY_PIPELINES = ("tiny-cpu.yaml", "qwen7b-to-qwen0.5b.yaml", "llama8b-to-llama1b.
 @pytest.mark.parametrize("name", MY_PIPELINES)
 def test_shipped_pipelines_estimate_within_their_budget_and_show_their_command(name):
     from replicate.config import load_pipeline
-    from replicate.costmodel import estimate_pipeline
+    from replicate.cost.estimate import estimate_pipeline
 
     path = REPO / "pipelines" / name
     cfg = load_pipeline(path)

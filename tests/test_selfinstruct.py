@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from replicate.dedup import RougeDedup
+from replicate.generate.dedup import RougeDedup
 from replicate.errors import UserError
-from replicate.selfinstruct import (
+from replicate.generate.selfinstruct import (
     STOP,
     Filters,
     FilterStats,

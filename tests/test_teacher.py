@@ -14,8 +14,8 @@ import pytest
 from scripted_server import ScriptedServer
 
 from replicate.errors import UserError
-from replicate.teacher import Request, Sampling, render_chat
-from replicate.teacher_openai import OpenAITeacher, Unreachable
+from replicate.engines.base import Request, Sampling, render_chat
+from replicate.engines.openai import OpenAITeacher, Unreachable
 
 RAW = "Here is a list of fruits:\n1. apple\n2. banana\n3."
 CHAT = [{"role": "user", "content": "Name three colors."}]
@@ -158,7 +158,7 @@ def test_openai_needs_a_base_url():
 
 @pytest.mark.slow
 def test_transformers_backend_counts_and_stops(teacher_dir):
-    from replicate.teacher import TransformersTeacher
+    from replicate.engines.base import TransformersTeacher
 
     tok = _tok(teacher_dir)
     t = TransformersTeacher(teacher_dir, dtype="float32", max_in_flight=4)

@@ -34,12 +34,12 @@ def _stage_detail(s: dict) -> str:
 
 
 def cli_estimate(args: argparse.Namespace) -> int:
-    from replicate.costmodel import estimate_pipeline
+    from replicate.cost.estimate import estimate_pipeline
 
     cfg = load_pipeline(args.pipeline, args.overrides)
     calibration = None
     if args.calibration:
-        from replicate.calibration import load_calibration
+        from replicate.cost.calibration import load_calibration
 
         calibration = load_calibration(args.calibration)
     est = estimate_pipeline(cfg, prices_year=args.prices, calibration=calibration, source=args.pipeline).to_dict()
@@ -82,7 +82,7 @@ def cli_estimate(args: argparse.Namespace) -> int:
 
 
 def cli_plan(args: argparse.Namespace) -> int:
-    from replicate.plan import plan
+    from replicate.cost.plan import plan
 
     if args.top <= 0:
         raise UserError(f"--top: must be positive, got {args.top}")

@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 
-from replicate.catalog import Device, ModelShape
-from replicate.memory import TrainSetup, feasible_training_setup, lora_params, training_bytes
+from replicate.cost.catalog import Device, ModelShape
+from replicate.cost.memory import TrainSetup, feasible_training_setup, lora_params, training_bytes
 
 _NORMAL = NormalDist()
 

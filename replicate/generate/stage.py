@@ -20,12 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from replicate import generate_io as io
+from replicate.generate import dataset
 from replicate import meter
 from replicate.config import Pipeline
 from replicate.errors import BudgetExceeded, UserError
-from replicate.generate_modes import make_mode
-from replicate.teacher import Backend, Completion, Request, Sampling
+from replicate.generate.modes import make_mode
+from replicate.engines.base import Backend, Completion, Request, Sampling
 
 GIVE_UP_AFTER = 32  # finished requests without one kept row: the teacher is not producing data
 HEARTBEAT_S = 5.0  # a killed chunk's ledger line misses at most this much wall time
@@ -50,7 +50,7 @@ class Tally:
         self.empty += rec["empty"]
         self.prompt_tokens += rec["prompt_tokens"]
         self.output_tokens += rec["output_tokens"]
-        self.dropped = io.add_counts(self.dropped, rec["dropped"])
+        self.dropped = dataset.add_counts(self.dropped, rec["dropped"])
         self.rows.extend(rec["rows"])
         self.done.add(rec["index"])
 
@@ -65,15 +65,15 @@ def run_generate(cfg: Pipeline, run_dir: Path, *, max_usd: float | None = None,
     data_dir = run_dir / "data"
     g = cfg.generate
     examples = min(g.examples, limit_examples or g.examples)
-    done = io.read_done(data_dir)
+    done = dataset.read_done(data_dir)
     if done and (done["train_rows"] >= examples or done.get("exhausted")):
         return done  # finished earlier: nothing to redo
     if g.mode == "none":
         return _reuse(cfg, data_dir, examples)
     mode = make_mode(cfg)  # reads and checks the input files before any engine starts
-    io.check_settings(data_dir, _settings(cfg))
-    log = io.read_log(data_dir)
-    recovered_usd = io.recover_chunk(run_dir, log)  # a killed chunk's ledger line, appended once
+    dataset.check_settings(data_dir, _settings(cfg))
+    log = dataset.read_log(data_dir)
+    recovered_usd = dataset.recover_chunk(run_dir, log)  # a killed chunk's ledger line, appended once
     if max_usd is not None:
         max_usd -= recovered_usd  # the caller's allowance was computed without it
         if max_usd <= 0:
@@ -84,9 +84,9 @@ def run_generate(cfg: Pipeline, run_dir: Path, *, max_usd: float | None = None,
     if max_usd is not None and tally.requests and max_usd < _spent(run_dir) / tally.requests:
         raise BudgetExceeded(f"${max_usd:.4g} of budget left is less than one more request costs "
                              f"(${_spent(run_dir) / tally.requests:.4g} each so far): raise it and rerun to resume")
-    (data_dir / io.DONE).unlink(missing_ok=True)  # the target grew: the stage is open again
+    (data_dir / dataset.DONE).unlink(missing_ok=True)  # the target grew: the stage is open again
     mode.restore(tally.rows)
-    run = _Run(cfg, run_dir, mode, tally, io.rows_needed(examples, g.held_out_fraction), max_usd)
+    run = _Run(cfg, run_dir, mode, tally, dataset.rows_needed(examples, g.held_out_fraction), max_usd)
     stop = run.go(teacher, progress)
     stats = _finish(cfg, run_dir, tally, examples, run, run.price_note)
     if stop == "budget" and not run.complete:
@@ -168,12 +168,12 @@ class _Run:
                "output_tokens": c.output_tokens, "latency_s": round(c.latency_s, 3), "parsed": parsed,
                "dropped": dropped, "rows": kept, "chunk": self.chunk_id, "t": round(self.m.wall_s, 3),
                "usd_api": usd_api}
-        meter.append_jsonl(self.run_dir / "data" / io.LOG, rec)
+        meter.append_jsonl(self.run_dir / "data" / dataset.LOG, rec)
         self.tally.add(rec)
         self.m.add_usd(usd_api)
         self.m.add(prompt_tokens=c.prompt_tokens, output_tokens=c.output_tokens, requests=1, parsed=parsed,
                    kept=len(kept))
-        self.m.set(dropped=io.add_counts(self.m.fields["dropped"], dropped))
+        self.m.set(dropped=dataset.add_counts(self.m.fields["dropped"], dropped))
         if self.max_usd is not None and self.spent() > self.max_usd:
             self.stop = "budget"  # in-flight requests finish; nothing new starts
 
@@ -185,10 +185,10 @@ class _Run:
                          device=f"api: {t.model}" if api else None, num_devices=1 if api else t.hardware.count) as self.m:
             self.m.set(chunk_id=self.chunk_id, mode=g.mode, teacher=t.model, backend=t.backend,
                        resumed=self.tally.requests > 0, requests=0, parsed=0, kept=0, dropped={}, startup_s=0.0)
-            io.write_heartbeat(self.run_dir, self.m.row())  # from now on a kill still gets a ledger line
+            dataset.write_heartbeat(self.run_dir, self.m.row())  # from now on a kill still gets a ledger line
             own = teacher is None
             if own:
-                from replicate.teacher import open_teacher
+                from replicate.engines.base import open_teacher
 
                 teacher = open_teacher(t, max_in_flight=g.requests_per_batch)
                 self.m.set(startup_s=round(self.m.wall_s, 3))
@@ -197,7 +197,7 @@ class _Run:
             self.mode.chat = teacher.chat
             sampling = Sampling(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
                                 stop=self.mode.stop, seed=g.seed)
-            bar = io.Bar(progress, self.needed, len(self.tally.rows))
+            bar = dataset.Bar(progress, self.needed, len(self.tally.rows))
             beat = time.perf_counter()
             try:
                 for c in teacher.stream(self.feed, sampling):
@@ -205,14 +205,14 @@ class _Run:
                     bar.update(len(self.tally.rows), self.m.fields["output_tokens"] / self.m.wall_s,
                                self.prior_usd + self.spent())
                     if time.perf_counter() - beat > HEARTBEAT_S:
-                        io.write_heartbeat(self.run_dir, self.m.row())
+                        dataset.write_heartbeat(self.run_dir, self.m.row())
                         beat = time.perf_counter()
             finally:
                 bar.close()
                 if own:
                     teacher.close()
-                io.write_heartbeat(self.run_dir, self.m.row())  # an exception skips the ledger line below
-        io.clear_heartbeat(self.run_dir)
+                dataset.write_heartbeat(self.run_dir, self.m.row())  # an exception skips the ledger line below
+        dataset.clear_heartbeat(self.run_dir)
         return self.stop
 
 
@@ -233,7 +233,7 @@ def _spent(run_dir: Path) -> float:
 def _pricing(cfg: Pipeline):
     """(usd per device-hour, API price or None, note): APIs are priced per token, self-hosted
     teachers per device-hour of `teacher.hardware` (the price table of `prices`)."""
-    from replicate import catalog
+    from replicate.cost import catalog
 
     t = cfg.teacher
     if t.backend == "openai":
@@ -249,8 +249,8 @@ def _finish(cfg, run_dir, tally, examples, run, price_note) -> dict:
     """Dataset files and card from the log (after every run), done.json last (complete runs only)."""
     data_dir = run_dir / "data"
     g = cfg.generate
-    rows = tally.rows[:io.rows_needed(examples, g.held_out_fraction)]
-    train_n, held_n = io.write_dataset(data_dir, rows, g.held_out_fraction)
+    rows = tally.rows[:dataset.rows_needed(examples, g.held_out_fraction)]
+    train_n, held_n = dataset.write_dataset(data_dir, rows, g.held_out_fraction)
     chunks = [r for r in meter.read_ledger(run_dir) if r.get("stage") == "generate" and r.get("kind") == "measured"]
     stats = {
         "name": cfg.name, "teacher": cfg.teacher.model, "backend": cfg.teacher.backend, "chat": run.mode.chat,
@@ -263,25 +263,25 @@ def _finish(cfg, run_dir, tally, examples, run, price_note) -> dict:
         "usd": sum(r["usd"] for r in chunks), "chunks": len(chunks), "device": chunks[-1]["device"] if chunks else "",
         "price": price_note,
     }
-    io.write_card(data_dir, stats)
+    dataset.write_card(data_dir, stats)
     if run.complete:
-        io.write_done(data_dir, stats)
+        dataset.write_done(data_dir, stats)
     return stats
 
 
 def _reuse(cfg: Pipeline, data_dir: Path, examples: int) -> dict:
     """mode none: an existing Alpaca file becomes the dataset (its first rows, the same split)."""
-    from replicate import selfinstruct as si
+    from replicate.generate import selfinstruct as si
 
     if not cfg.generate.instructions_file:
         raise UserError("generate.instructions_file: mode none needs an Alpaca JSONL file to reuse")
     rows = si.load_instructions(cfg.generate.instructions_file, require_output=True)
-    needed = io.rows_needed(examples, cfg.generate.held_out_fraction)
-    train_n, held_n = io.write_dataset(data_dir, rows[:needed], cfg.generate.held_out_fraction)
+    needed = dataset.rows_needed(examples, cfg.generate.held_out_fraction)
+    train_n, held_n = dataset.write_dataset(data_dir, rows[:needed], cfg.generate.held_out_fraction)
     stats = {"name": cfg.name, "mode": "none", "source": cfg.generate.instructions_file, "train_rows": train_n,
              "held_out_rows": held_n, "kept": min(len(rows), needed), "requests": 0, "prompt_tokens": 0,
              "output_tokens": 0, "usd": 0.0, "complete": True, "exhausted": len(rows) < needed}
-    io.write_done(data_dir, stats)
+    dataset.write_done(data_dir, stats)
     return stats
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from replicate.config import Evaluate, Pipeline
 from replicate.errors import UserError
-from replicate.evaldata import user_message
+from replicate.evaluate.items import user_message
 from replicate.meter import append_jsonl, read_jsonl
-from replicate.template import alpaca_prompt
+from replicate.prompts import alpaca_prompt
 
 CHUNK = 32  # prompts per engine call: enough to keep the engine's batch full, small enough to resume
 
@@ -63,7 +63,7 @@ def _local(role: str, ref: str, path: Path, chat: bool, backend: str, max_len: i
 
 def contenders(cfg: Pipeline, student_dir: Path) -> list[Contender]:
     """Teacher, base and student, resolved to local folders (missing ones are one-line errors)."""
-    from replicate.models import resolve
+    from replicate.weights import resolve
 
     t, ev = cfg.teacher, cfg.evaluate
     if t.backend == "openai":
@@ -94,7 +94,7 @@ def prompt_for(c: Contender, item: dict):
 
 def prompt_text(c: Contender, tok, item: dict) -> str:
     """The same prompt as text (the chat template rendered exactly as teacher.py renders it)."""
-    from replicate.teacher import render_chat
+    from replicate.engines.base import render_chat
 
     p = prompt_for(c, item)
     return p if isinstance(p, str) else render_chat(tok, p)
@@ -102,7 +102,7 @@ def prompt_text(c: Contender, tok, item: dict) -> str:
 
 def usd_per_device_hour(cfg: Pipeline) -> float:
     """Price of the device the evaluation runs on (evaluate.hardware, else the teacher's)."""
-    from replicate import catalog
+    from replicate.cost import catalog
 
     hw = cfg.evaluate.hardware or cfg.teacher.hardware
     return catalog.usd_per_device_hour(hw.gpu, cfg.prices, hw.spot) * hw.count
@@ -110,7 +110,7 @@ def usd_per_device_hour(cfg: Pipeline) -> float:
 
 def api_usd(model: str, year: int, prompt_tokens: int, output_tokens: int) -> float:
     """Per-token price of a hosted model; 0 for a local OpenAI-compatible server without a price."""
-    from replicate import catalog
+    from replicate.cost import catalog
 
     if not catalog.has_api_price(model, year):
         return 0.0
@@ -139,7 +139,7 @@ class Generations:
 
 
 def _open_backend(c: Contender, cfg: Pipeline):
-    from replicate.teacher import TransformersTeacher, VLLMTeacher, open_teacher
+    from replicate.engines.base import TransformersTeacher, VLLMTeacher, open_teacher
 
     try:
         if c.role == "teacher":
@@ -190,7 +190,7 @@ def generate_all(cons: list[Contender], opens: list[dict], probes: list[dict], c
     Engines are started only for models with work left, one at a time, and closed after use."""
     from transformers import AutoTokenizer
 
-    from replicate.teacher import Sampling
+    from replicate.engines.base import Sampling
 
     ev = cfg.evaluate
     gen = Generations()

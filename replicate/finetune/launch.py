@@ -3,7 +3,7 @@
 Multi-process (finetune.hardware.count > 1): the stage writes student/launch/job.json and
 student/launch/accelerate.yaml and runs
 
-    python -m accelerate.commands.launch --config_file accelerate.yaml -m replicate.finetune job.json
+    python -m accelerate.commands.launch --config_file accelerate.yaml -m replicate.finetune.train job.json
 
 accelerate starts one process per device through torchrun; each runs `finetune.train` (DDP; on a
 CPU the gloo backend). zero_stage > 0 writes an FSDP config instead (stage 3 = FULL_SHARD, 1-2 =
@@ -52,7 +52,8 @@ def check_memory(cfg, hf_config_dict: dict, longest_row: int, world: int) -> dic
     Uses the cost model's arithmetic (replicate/memory.py), with the logits term replaced by what
     TRL's chunked LM head really holds (<= 32768 vocabulary entries per token, not the full vocab).
     Peak memory follows the longest micro-batch, so the sequence length is the longest row."""
-    from replicate import catalog, memory
+    from replicate.cost import catalog
+    from replicate.cost import memory
 
     ft = cfg.finetune
     shape = catalog.shape_from_hf_config(hf_config_dict, cfg.student.model)
@@ -142,7 +143,7 @@ def launch_processes(cfg, run_dir: Path, train_file: Path, out_dir: Path, max_us
     if not torch.cuda.is_available():  # n processes share the cores; oversubscription slows all of them
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch / "accelerate.yaml"),
-           "-m", "replicate.finetune", str(launch / "job.json")]
+           "-m", "replicate.finetune.train", str(launch / "job.json")]
     rc = subprocess.run(cmd, env=env, check=False).returncode
     if rc == 3:
         raise BudgetExceeded("finetune stopped on the budget; the checkpoint is saved: raise the budget and rerun")
@@ -154,7 +155,7 @@ def launch_processes(cfg, run_dir: Path, train_file: Path, out_dir: Path, max_us
 def worker_main(argv: list[str]) -> int:
     """One process under accelerate: the same `train` as a single-process run."""
     from replicate.config import Pipeline
-    from replicate.finetune import train
+    from replicate.finetune.train import train
 
     job = json.loads(Path(argv[0]).read_text())
     cfg = Pipeline.model_validate(job["pipeline"])

@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from replicate import catalog, evalgen
+from replicate.cost import catalog
+from replicate.evaluate import generations
 from replicate.config import Pipeline
-from replicate.cost_finetune import NoFit, finetune_time
-from replicate.cost_generate import NoFitInference, api_wall_s, selfhosted_time
+from replicate.cost.training import NoFit, finetune_time
+from replicate.cost.generation import NoFitInference, api_wall_s, selfhosted_time
 from replicate.errors import UserError
 
 DEFAULTS: dict[str, float] = {
@@ -298,7 +299,7 @@ def evaluate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
     inp = (e.examples * prompt + e.probes * PROBE_PROMPT_TOKENS) / n_req
     local = cfg.teacher.model_copy(update={"model": cfg.student.model, "backend": "vllm"})
     hw = e.hardware or (cfg.teacher.hardware if cfg.teacher.backend != "openai" else cfg.finetune.hardware)
-    chunk = evalgen.CHUNK  # the stage hands each model its prompts this many at a time
+    chunk = generations.CHUNK  # the stage hands each model its prompts this many at a time
     parts = [_generation("evaluate", "student", local, n_req, inp, out, year, calibration, source, hw, chunk),  # base
              _generation("evaluate", "student", local, n_req, inp, out, year, calibration, source, hw, chunk),
              _generation("evaluate", "teacher", cfg.teacher, n_req, inp, out, year, calibration, source,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from replicate.catalog import Device, ModelShape
+from replicate.cost.catalog import Device, ModelShape
 
 FRAMEWORK_OVERHEAD_BYTES = 1.5e9  # CUDA context + cuBLAS/NCCL workspaces [R] (PyTorch memory notes)
 USABLE_FRACTION = 0.95  # allocator fragmentation headroom

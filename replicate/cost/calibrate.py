@@ -99,7 +99,7 @@ def observations(run_dir: Path) -> list[Observation]:
 
 
 def predict_s(obs: Observation, params: dict | None) -> float:
-    from replicate import costmodel
+    from replicate.cost import estimate as costmodel
 
     cal = {"devices": {obs.device: params}} if params else None
     stage = costmodel.generate_stage if obs.stage == "generate" else costmodel.finetune_stage
@@ -141,7 +141,8 @@ def _fit_f(obs: list[Observation], base: dict, family: dict, startup: float) -> 
 
 def fit_family(obs: list[Observation], device: str, stage: str) -> tuple[dict, dict]:
     """(fitted parameters, report) for one device and one stage family."""
-    from replicate import catalog, costmodel
+    from replicate.cost import catalog
+    from replicate.cost import estimate as costmodel
 
     family = {k: v for k, v in FAMILY[stage].items()}
     family["faster"] = tuple(k for k in family["faster"] if k in costmodel.FITTABLE)

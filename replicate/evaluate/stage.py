@@ -21,41 +21,43 @@ from pathlib import Path
 
 import numpy as np
 
-from replicate import evalgen, meter, modelscores
-from replicate import metrics as M
+from replicate import meter
+from replicate.evaluate import generations
+from replicate.evaluate import model_scores
+from replicate.evaluate import metrics as M
 from replicate.config import Pipeline, Student, Teacher, load_pipeline, parse_pipeline
 from replicate.errors import UserError
-from replicate.evaldata import open_items, probe_items, user_message
-from replicate.evalscore import ROLES, SPEC, build_scores
-from replicate.evaltable import print_summary, summary_markdown
+from replicate.evaluate.items import open_items, probe_items, user_message
+from replicate.evaluate.scores import ROLES, SPEC, build_scores
+from replicate.evaluate.summary import print_summary, summary_markdown
 
 
 def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = None,
                  out_dir: Path | None = None, teacher=None) -> dict:
     """Evaluate base, student and teacher; returns the scores (also written to out_dir/scores.json).
 
-    `teacher`: an already started teacher backend (replicate.teacher.Backend) to reuse instead of
+    `teacher`: an already started teacher backend (replicate.engines.base.Backend) to reuse instead of
     starting one from cfg.teacher (tests and sweeps share one engine); it is not closed here."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "eval"
     ev = cfg.evaluate
-    cons = evalgen.contenders(cfg, Path(student_dir) if student_dir else run_dir / "student" / "merged")
+    cons = generations.contenders(cfg, Path(student_dir) if student_dir else run_dir / "student" / "merged")
     opens, probes = open_items(ev, run_dir), probe_items(ev)
     if not opens and not probes:
         raise UserError("evaluate: nothing to evaluate (evaluate.examples and evaluate.probes are both 0)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    usd_per_hour = evalgen.usd_per_device_hour(cfg)
-    with meter.stage(run_dir, "evaluate", usd_per_device_hour=usd_per_hour) as m, evalgen.progress() as bar:
-        gen = evalgen.generate_all(cons, opens, probes, cfg, out_dir, bar, teacher_backend=teacher)
+    usd_per_hour = generations.usd_per_device_hour(cfg)
+    with meter.stage(run_dir, "evaluate", usd_per_device_hour=usd_per_hour) as m, generations.progress() as bar:
+        gen = generations.generate_all(cons, opens, probes, cfg, out_dir, bar, teacher_backend=teacher)
         m.add(prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens)
         m.add_usd(gen.api_usd)
         per_item: dict[str, dict[str, np.ndarray]] = {}
         ref, valid = reference(gen.outputs)
         # The judge first: when it is the teacher, the teacher's engine is still up; free it before
         # the scoring models load.
-        judge_backend = gen.teacher_backend or (teacher if evalgen.judge_is_teacher(cfg) else None)
+        judge_backend = gen.teacher_backend or (teacher if generations.judge_is_teacher(cfg) else None)
         try:
-            judge = modelscores.judge_scores(cfg, opens, gen.outputs, ref, valid, per_item, out_dir, bar,
+            judge = model_scores.judge_scores(cfg, opens, gen.outputs, ref, valid, per_item, out_dir, bar,
                                              backend=judge_backend)
         finally:
             if gen.teacher_backend is not None:
@@ -98,8 +100,8 @@ def score_items(cfg, cons, opens, probes, outputs, ref, valid, per_item, out_dir
     for name, fn in (("rougeL_f", M.rouge_l_f), ("chrf", M.chrf)):
         per_item[name] = {r: np.where(valid, [fn(o or "", t) for o, t in zip(outputs[r]["open"], ref)], np.nan)
                           for r in ROLES}
-    embed_note = modelscores.embedding_scores(cfg.evaluate, outputs, ref, valid, per_item, bar)
-    token_note = modelscores.token_scores(cfg, cons, opens, ref, valid, per_item, out_dir, bar)
+    embed_note = model_scores.embedding_scores(cfg.evaluate, outputs, ref, valid, per_item, bar)
+    token_note = model_scores.token_scores(cfg, cons, opens, ref, valid, per_item, out_dir, bar)
     pvalid = np.array([all(outputs[r]["probe"][i] is not None for r in ROLES) for i in range(len(probes))], bool)
     acc = {r: np.where(pvalid, [float(M.probe_correct(o or "", p)) for o, p in zip(outputs[r]["probe"], probes)],
                        np.nan) for r in ROLES}

@@ -87,7 +87,7 @@ def _counts(ev: dict) -> str:
 
 
 def eval_md(ev: dict) -> str:
-    from replicate.report import md_table
+    from replicate.report.build import md_table
 
     (h, b), (fh, fb) = eval_tables(ev)
     return "\n".join(["## How much of the teacher was copied", "",
@@ -97,7 +97,7 @@ def eval_md(ev: dict) -> str:
 
 
 def eval_html(ev: dict) -> str:
-    from replicate.report import html_table
+    from replicate.report.build import html_table
 
     (h, b), (fh, fb) = eval_tables(ev)
     return ("<h2>How much of the teacher was copied</h2><p class=note>gap_closed = (student - base) / "
@@ -127,7 +127,7 @@ def sweep_tables(sw: dict) -> tuple[tuple[list, list], tuple[list, list]]:
 
 
 def sweep_md(sw: dict) -> str:
-    from replicate.report import md_table
+    from replicate.report.build import md_table
 
     (h, b), (fh, fb) = sweep_tables(sw)
     return "\n".join(["## Copy curve (sweep over teacher examples)", "",
@@ -137,7 +137,7 @@ def sweep_md(sw: dict) -> str:
 
 
 def sweep_html(sw: dict) -> str:
-    from replicate.report import html_table
+    from replicate.report.build import html_table
 
     (h, b), (fh, fb) = sweep_tables(sw)
     return ("<h2>Copy curve (sweep over teacher examples)</h2><p class=note>Fit per family: g(n) = g_max * n /"

@@ -116,7 +116,7 @@ def build_report(run_dir: str | Path) -> dict:
     rep["devices"] = sorted({r["device"] for r in rows if r.get("device") and r.get("kind") == "measured"})
     scores = read_scores(run_dir)
     if scores is not None:
-        from replicate.report_eval import summarize_scores
+        from replicate.report.evaluation import summarize_scores
 
         rep["evaluation"] = summarize_scores(scores)
     if sweep_dirs(run_dir):
@@ -200,7 +200,7 @@ def headline(rep: dict) -> str:
 
 
 def render_md(rep: dict) -> str:
-    from replicate.report_eval import eval_md, sweep_md
+    from replicate.report.evaluation import eval_md, sweep_md
 
     out = [f"# Replication report: {rep['name']}", ""]
     out.append(f"Run directory `{rep['run_dir']}`; measured on {', '.join(rep['devices']) or 'nothing yet'}.")
@@ -229,7 +229,7 @@ display:block;margin:1em 0}p.note{color:#555}"""
 
 def render_html(rep: dict, pngs: dict[str, bytes]) -> str:
     """One file, no external references: CSS inline, PNGs as base64 data URIs."""
-    from replicate.report_eval import eval_html, sweep_html
+    from replicate.report.evaluation import eval_html, sweep_html
 
     def img(name: str) -> str:
         if name not in pngs:
@@ -255,7 +255,7 @@ def render_html(rep: dict, pngs: dict[str, bytes]) -> str:
 
 def write_report(run_dir: str | Path) -> dict[str, Path]:
     """Write report.json, report.md and report.html into the run directory; return their paths."""
-    from replicate.plots import all_plots
+    from replicate.report.plots import all_plots
 
     run_dir = Path(run_dir)
     rep = build_report(run_dir)

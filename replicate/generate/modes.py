@@ -13,7 +13,7 @@ import random
 
 from replicate.config import Pipeline
 from replicate.errors import UserError
-from replicate.teacher import Completion, Request
+from replicate.engines.base import Completion, Request
 
 
 def request_seed(seed: int, i: int) -> int:
@@ -25,7 +25,7 @@ class SelfInstruct:
     """Alpaca's self-instruct: 3 seed tasks per prompt, the teacher continues the numbered list."""
 
     def __init__(self, cfg: Pipeline):
-        from replicate import selfinstruct as si
+        from replicate.generate import selfinstruct as si
 
         self.si, self.seed = si, cfg.generate.seed
         self.seeds = si.load_seed_tasks(cfg.generate.seed_tasks_file)
@@ -58,7 +58,7 @@ class Respond:
     """The teacher answers each row of `generate.instructions_file` once."""
 
     def __init__(self, cfg: Pipeline):
-        from replicate import selfinstruct as si
+        from replicate.generate import selfinstruct as si
 
         if not cfg.generate.instructions_file:
             raise UserError("generate.instructions_file: respond mode needs a JSONL file of instructions")

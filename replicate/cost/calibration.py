@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from replicate.costmodel import FITTABLE, check_calibration
+from replicate.cost.estimate import FITTABLE, check_calibration
 
 __all__ = ["FITTABLE", "load_calibration"]
 

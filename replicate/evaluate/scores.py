@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from replicate import metrics as M
+from replicate.evaluate import metrics as M
 
 ROLES = ("base", "student", "teacher")
 

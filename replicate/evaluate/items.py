@@ -12,7 +12,7 @@ from pathlib import Path
 from replicate.config import Evaluate, jsonl_rows
 from replicate.errors import UserError
 
-EVAL_DATA = Path(__file__).resolve().parent / "data" / "eval"
+EVAL_DATA = Path(__file__).resolve().parent.parent / "data" / "eval"
 INSTRUCTIONS = EVAL_DATA / "instructions.jsonl"
 PROBES = EVAL_DATA / "probes.jsonl"
 

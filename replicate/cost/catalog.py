@@ -1,7 +1,7 @@
 """Hardware, dated prices and model shapes, read from budgets/ (and from an HF config.json).
 
 The tables are data (budgets/*.yaml, every number with its source and date). They are read on
-first use and cached, never at import time, so `import replicate.catalog` costs nothing.
+first use and cached, never at import time, so `import replicate.cost.catalog` costs nothing.
 
     hardware("a100-80gb").peak_flops            # 312e12
     usd_per_device_hour("a100-80gb", 2023)      # 5.12  (spot=True -> 1.56)
@@ -26,7 +26,7 @@ from replicate.errors import UserError
 def budgets_dir() -> Path:
     """budgets/ next to the package (a source checkout), or $REPLICATE_BUDGETS."""
     env = os.environ.get("REPLICATE_BUDGETS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "budgets"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "budgets"
 
 
 @functools.cache

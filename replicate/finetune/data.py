@@ -23,7 +23,7 @@ from typing import Literal
 
 from replicate.config import jsonl_rows
 from replicate.errors import UserError
-from replicate.template import prompt_completion
+from replicate.prompts import prompt_completion
 
 IGNORE = -100  # label of a position that contributes no loss (prompt, padding)
 

@@ -281,7 +281,7 @@ class TransformersTeacher(Backend):
 def open_teacher(cfg: config.Teacher, *, max_in_flight: int | None = None, **engine_kwargs) -> Backend:
     """The one place a backend is picked. `max_in_flight`: requests kept in the engine at once."""
     if cfg.backend == "vllm":
-        from replicate.models import resolve
+        from replicate.weights import resolve
 
         return VLLMTeacher(
             resolve(cfg.model, trust_remote_code=cfg.trust_remote_code), chat=cfg.chat, dtype=cfg.dtype,
@@ -289,7 +289,7 @@ def open_teacher(cfg: config.Teacher, *, max_in_flight: int | None = None, **eng
             trust_remote_code=cfg.trust_remote_code, max_in_flight=max_in_flight or 256, **engine_kwargs,
         )
     elif cfg.backend == "openai":
-        from replicate.teacher_openai import OpenAITeacher
+        from replicate.engines.openai import OpenAITeacher
 
         return OpenAITeacher(
             cfg.model, base_urls=cfg.base_urls, api_key_env=cfg.api_key_env, chat=cfg.chat,
@@ -297,7 +297,7 @@ def open_teacher(cfg: config.Teacher, *, max_in_flight: int | None = None, **eng
             timeout_s=cfg.request_timeout_s, backoff_s=cfg.retry_backoff_s,
         )
     elif cfg.backend == "transformers":
-        from replicate.models import resolve
+        from replicate.weights import resolve
 
         return TransformersTeacher(
             resolve(cfg.model, trust_remote_code=cfg.trust_remote_code), chat=cfg.chat, dtype=cfg.dtype,

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from replicate.config import Evaluate, Pipeline
-from replicate.evaldata import user_message
-from replicate.evalgen import Contender, api_usd, prompt_text
+from replicate.evaluate.items import user_message
+from replicate.evaluate.generations import Contender, api_usd, prompt_text
 from replicate.meter import append_jsonl, read_jsonl
 
 
 def embedding_scores(ev: Evaluate, outputs, ref: list[str], valid: np.ndarray, per_item: dict, bar) -> str:
-    from replicate import embed
+    from replicate.evaluate import embed
 
     if not ev.embedding:
         return "off (evaluate.embedding: false)"
@@ -41,7 +41,7 @@ def token_scores(cfg: Pipeline, cons: list[Contender], opens: list[dict], ref: l
                  per_item: dict, out_dir: Path, bar) -> dict:
     """Teacher-forced NLL, top-1 agreement and KL on the first `token_fidelity_examples` scorable
     open items; each item's numbers are appended to eval/token_fidelity.jsonl, so a rerun resumes."""
-    from replicate import tokenfid
+    from replicate.evaluate import token_fidelity
 
     k = cfg.evaluate.token_fidelity_examples
     teacher = next(c for c in cons if c.role == "teacher")
@@ -66,26 +66,26 @@ def token_scores(cfg: Pipeline, cons: list[Contender], opens: list[dict], ref: l
     task = bar.add_task("token fidelity", total=len(idx), completed=len(idx) - len(todo))
     same = {}
     if todo:
-        t, others = tokenfid.load_scorers((teacher.role, teacher.path, teacher.chat),
+        t, others = token_fidelity.load_scorers((teacher.role, teacher.path, teacher.chat),
                                           [(c.role, c.path, c.chat) for c in cons if c.role != "teacher"],
                                           trust_remote_code=teacher.trust_remote_code)
         same = {s.role: s.same_tokenizer for s in others}
-        roles, alias = tokenfid.distinct(t, others)
+        roles, alias = token_fidelity.distinct(t, others)
         by_role = {c.role: c for c in cons}
         for i in todo:
-            res = tokenfid.score_item(opens[i], ref[i], t, roles,
+            res = token_fidelity.score_item(opens[i], ref[i], t, roles,
                                       lambda sc, item: prompt_text(by_role[sc.role], sc.tok, item))
             scores = {r: res[alias[r]] for r in alias}
             append_jsonl(cache, {"id": key[i][0], "ref": key[i][1], "scores": scores})
             done[key[i]] = scores
             bar.advance(task)
     skipped = {c.role: 0 for c in cons}
-    for m in tokenfid.TOKEN_METRICS:
+    for m in token_fidelity.TOKEN_METRICS:
         per_item[m] = {c.role: np.full(len(opens), math.nan) for c in cons}
     for i in idx:
         for role, vals in done[key[i]].items():
             skipped[role] += vals.get("skipped") == "context"
-            for m in tokenfid.TOKEN_METRICS:
+            for m in token_fidelity.TOKEN_METRICS:
                 per_item[m][role][i] = vals.get(m, math.nan)
     note = {"items": len(idx), "skipped_context": skipped}
     if same:
@@ -97,8 +97,8 @@ def judge_scores(cfg: Pipeline, opens: list[dict], outputs, ref: list[str], vali
                  out_dir: Path, bar, backend=None) -> dict:
     """Win rate of base and student over the teacher's outputs (the teacher against itself: 0.5).
     `backend`: an open engine to judge with (the teacher's, when the judge is the teacher); kept open."""
-    from replicate.judge import judge_pairs
-    from replicate.teacher import Sampling, open_teacher
+    from replicate.evaluate.judge import judge_pairs
+    from replicate.engines.base import Sampling, open_teacher
 
     jcfg, ev = cfg.evaluate.judge, cfg.evaluate
     if jcfg is None:

@@ -1,6 +1,6 @@
 """The published replications (pipelines/published/*.yaml) against the cost model's predictions.
 
-    python -m replicate.published          # the markdown table in docs/cost-model.md
+    python -m replicate.cost.published          # the markdown table in docs/cost-model.md
 
 tests/test_costmodel.py checks every ratio (one set of constants, wall-clock within 1.5x) and that
 docs/cost-model.md carries exactly this table.
@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from replicate.config import load_pipeline
-from replicate.costmodel import estimate_pipeline
+from replicate.cost.estimate import estimate_pipeline
 
-PUBLISHED_DIR = Path(__file__).resolve().parent.parent / "pipelines" / "published"
+PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "published"
 
 
 def rows() -> list[dict]:

@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from replicate.config import jsonl_rows
-from replicate.dedup import RougeDedup
+from replicate.generate.dedup import RougeDedup
 from replicate.errors import UserError
 
-SEED_TASKS = Path(__file__).parent / "data" / "seed_tasks.jsonl"
+SEED_TASKS = Path(__file__).resolve().parent.parent / "data" / "seed_tasks.jsonl"
 NUM_PROMPT_INSTRUCTIONS = 3  # seed tasks shown per prompt (Alpaca samples 3 seeds, no machine tasks)
 NUM_TASKS = 20  # length of the list the teacher is asked to write
 SIMILARITY_THRESHOLD = 0.7  # drop when ROUGE-L F > 0.7 against anything kept (0.7 itself is kept)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from replicate.errors import UserError
-from replicate.teacher import Backend, Completion, Feed, Request, Sampling, cut_at_stop
+from replicate.engines.base import Backend, Completion, Feed, Request, Sampling, cut_at_stop
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 MAX_BACKOFF_S = 60.0

@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from replicate import catalog
-from replicate.cost_finetune import NoFit, finetune_time
-from replicate.cost_generate import NoFitInference, api_wall_s, selfhosted_time
-from replicate.costmodel import DEFAULTS, params_for
+from replicate.cost import catalog
+from replicate.cost.training import NoFit, finetune_time
+from replicate.cost.generation import NoFitInference, api_wall_s, selfhosted_time
+from replicate.cost.estimate import DEFAULTS, params_for
 from replicate.errors import UserError
 
 STUDENTS = ("smollm2-135m", "smollm2-360m", "qwen2.5-0.5b", "llama-3.2-1b", "qwen2.5-1.5b", "smollm2-1.7b",

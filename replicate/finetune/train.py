@@ -19,8 +19,8 @@ from pathlib import Path
 from replicate import meter
 from replicate.config import Pipeline
 from replicate.errors import BudgetExceeded, UserError, missing_extra
-from replicate.finetune_data import Collator, pack_examples, read_alpaca, tokenize_examples
-from replicate.finetune_launch import (
+from replicate.finetune.data import Collator, pack_examples, read_alpaca, tokenize_examples
+from replicate.finetune.launch import (
     check_memory,
     in_distributed_worker,
     last_good_checkpoint,
@@ -64,7 +64,7 @@ def check_method(method: str) -> None:
 
 def device_info(cfg: Pipeline) -> tuple[float, float | None]:
     """(dollars per device-hour, peak FLOP/s of one device) from the catalog; None peak = unknown."""
-    from replicate import catalog
+    from replicate.cost import catalog
 
     hw = cfg.finetune.hardware
     price = catalog.usd_per_device_hour(hw.gpu, cfg.prices, spot=hw.spot)
@@ -102,13 +102,14 @@ def train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd
     from transformers.utils.logging import disable_progress_bar
     from trl import SFTConfig
 
-    from replicate import models, trainmeter
+    from replicate import weights
+    from replicate.finetune import metering
 
     ft = cfg.finetune
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     price, peak = device_info(cfg)
-    model_dir = models.resolve(cfg.student.model, trust_remote_code=cfg.student.trust_remote_code)
+    model_dir = weights.resolve(cfg.student.model, trust_remote_code=cfg.student.trust_remote_code)
     # The chunk's clock starts now: loading, tokenizing and saving are paid device time too.
     chunk = meter.StageMeter("finetune", meter.device_name()[0], world, price)
     disable_progress_bar()  # transformers' loading bars; the stage draws one bar of its own
@@ -159,12 +160,12 @@ def train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd
         seed=ft.seed, data_seed=ft.seed, report_to=[], disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, ddp_find_unused_parameters=False if world > 1 else None,
     )
-    tally = trainmeter.Tally()
-    meter_cb = trainmeter.callback(
-        tally, flops_per_token=trainmeter.flops_per_token(n_params, ft.method), peak_flops=peak,
+    tally = metering.Tally()
+    meter_cb = metering.callback(
+        tally, flops_per_token=metering.flops_per_token(n_params, ft.method), peak_flops=peak,
         usd_per_device_hour=price, world_size=world, steps_path=out_dir / "steps.jsonl", max_usd=max_usd,
         started=chunk.t0, progress=rank == 0)
-    trainer = trainmeter.metered_trainer_class()(
+    trainer = metering.metered_trainer_class()(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
         data_collator=Collator(tok.pad_token_id, packed=packed, pad_to_multiple_of=pad_to),
         peft_config=peft_config, callbacks=[meter_cb])
@@ -208,7 +209,7 @@ def train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd
         line = _ledger(run_dir, chunk, summary, stats)  # loading and saving included
         result.update(data=stats.__dict__ | {"packed_rows": len(rows) if packed else None}, method=ft.method,
                       params=n_params, model=cfg.student.model, packing=packed, bf16=bf16, learning_rate=lr,
-                      flops_per_token=trainmeter.flops_per_token(n_params, ft.method),
+                      flops_per_token=metering.flops_per_token(n_params, ft.method),
                       num_devices=world, device=chunk.device, usd_per_device_hour=price)
         lead = {"trained_tokens": result["trained_tokens"], "tokens_per_s": result["tokens_per_s"], "mfu": result["mfu"],
                 "usd": line["usd"], "wall_s": line["wall_s"], "final_loss": result["final_loss"]}
@@ -299,9 +300,9 @@ def cli_finetune(args) -> int:
     return 0
 
 
-if __name__ == "__main__":  # the multi-process worker: accelerate launch -m replicate.finetune JOB.json
+if __name__ == "__main__":  # the multi-process worker: accelerate launch -m replicate.finetune.train JOB.json
     import sys
 
-    from replicate.finetune_launch import worker_main
+    from replicate.finetune.launch import worker_main
 
     sys.exit(worker_main(sys.argv[1:]))

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from replicate.catalog import Device, ModelShape
-from replicate.memory import FRAMEWORK_OVERHEAD_BYTES, inference_weight_bytes, tensor_parallel_for
+from replicate.cost.catalog import Device, ModelShape
+from replicate.cost.memory import FRAMEWORK_OVERHEAD_BYTES, inference_weight_bytes, tensor_parallel_for
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Text generation backends, shared by the generate and evaluate stages."""
