@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: setup demo test lint clean-venv
+.PHONY: setup demo test test-fast lint clean-venv
 
 setup: $(STAMP)
 
@@ -23,8 +23,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/replicate demo
 
+# The whole suite (what CI runs), then the slowest tests, so a slow one cannot hide.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# The edit loop: everything but the tests that start an engine, train or convert a model.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" --durations=5
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check replicate tests benchmarks

@@ -98,9 +98,9 @@ def run(out_dir: str) -> None:
 def compare(path: str) -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from replicate.cost import catalog
-    from replicate.cost.training import finetune_time
-    from replicate.cost.estimate import DEFAULTS
     from replicate.cost.memory import TrainSetup, fits, training_bytes
+    from replicate.cost.params import DEFAULTS
+    from replicate.cost.training import TrainJob, finetune_time
 
     with open(path) as fh:
         rows = json.load(fh)
@@ -116,11 +116,9 @@ def compare(path: str) -> None:
             print(f"{r['model']:14s} {r['batch']:>5d} failed: {r['error'][:60]}; predicted {need / 2**30:.1f} GiB, "
                   f"fits {dev.key}: {fits(dev, need)}")
             continue
-        t = finetune_time(shape, dev, 1, method="full", examples=r["batch"] * 100, epochs=1,
-                          tokens_per_example=r["seq"], max_length=r["seq"], packing=False,
-                          padding="max_length", length_sigma=0.0, micro_batch=r["batch"], grad_accum=1,
-                          recompute=False, zero_stage=0, offload=False, save_steps=10**9, lora_r=8,
-                          lora_modules=2, p=dict(DEFAULTS))
+        job = TrainJob(method="full", examples=r["batch"] * 100, epochs=1, tokens_per_example=r["seq"],
+                       max_length=r["seq"], padding="max_length", length_sigma=0.0, micro_batch=r["batch"])
+        t = finetune_time(shape, dev, 1, job, dict(DEFAULTS))
         predicted = t.padded_tokens / t.steps_s
         measured = r["tokens_per_s"]
         print(f"{r['model']:14s} {r['batch']:>5d} {r['tokens']:>6d} {r['padded']!s:>6s} {measured:>15,.0f} "

@@ -222,8 +222,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from replicate.meter import device_name
     from replicate.generate.selfinstruct import load_seed_tasks
+    from replicate.meter import device_name
 
     load_before = os.getloadavg()[0]
     seeds = [task.instruction for task in load_seed_tasks()]

@@ -27,10 +27,10 @@ def main() -> None:
     from vllm import SamplingParams
 
     from replicate import meter
+    from replicate.engines.vllm import VLLMEngine
     from replicate.weights import resolve
-    from replicate.engines.base import VLLMTeacher
 
-    teacher = VLLMTeacher(resolve("packaged:smollm2-135m-instruct"), max_model_len=2048, max_in_flight=max(batches))
+    teacher = VLLMEngine(resolve("packaged:smollm2-135m-instruct"), max_model_len=2048, max_in_flight=max(batches))
     # ~480 prompt tokens, like a self-instruct request (3 seed tasks + the instructions).
     base = ("You are asked to come up with a set of diverse task instructions. " * 40).strip()
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.7, top_p=0.9, ignore_eos=True, seed=0)

@@ -63,8 +63,8 @@ def trl_defaults(model_dir: Path, rows: list[dict], batch: int, steps: int) -> d
 
 def stage(model_dir: Path, rows: list[dict], batch: int, packing: bool, epochs: float) -> dict:
     from replicate.config import parse_pipeline
+    from replicate.files import read_jsonl
     from replicate.finetune import run_finetune
-    from replicate.meter import read_jsonl
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)

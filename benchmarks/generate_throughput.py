@@ -30,8 +30,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 def stage_run(cfg, teacher, run_dir: Path) -> dict:
-    from replicate.generate import dataset
-    from replicate.generate import run_generate
+    from replicate.generate import dataset, run_generate
 
     teacher.llm.reset_prefix_cache()
     t0 = time.perf_counter()
@@ -81,8 +80,9 @@ def main() -> None:
 
     from replicate import meter
     from replicate.config import parse_pipeline
+    from replicate.engines import Sampling
+    from replicate.engines.vllm import VLLMEngine
     from replicate.weights import resolve
-    from replicate.engines.base import Sampling, VLLMTeacher
 
     cfg = parse_pipeline({
         "name": "bench-generate", "student": {"model": "packaged:gemma-3-270m"},
@@ -92,7 +92,7 @@ def main() -> None:
     })
     t0 = time.perf_counter()
     limit = {"max_num_seqs": args.in_flight} if args.direct_batch == "same" else {}
-    teacher = VLLMTeacher(resolve(cfg.teacher.model), max_model_len=2048, max_in_flight=args.in_flight, **limit)
+    teacher = VLLMEngine(resolve(cfg.teacher.model), max_model_len=2048, max_in_flight=args.in_flight, **limit)
     max_num_seqs = teacher.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
     print(f"engine start: {time.perf_counter() - t0:.1f} s; engine batch limit (max_num_seqs) {max_num_seqs}")
     teacher.complete(["Warm up: say hi."] * 4, Sampling(max_tokens=16))

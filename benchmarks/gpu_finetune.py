@@ -95,8 +95,8 @@ def rates(steps: list[dict], warm: int) -> tuple[float, int]:
 def stage(label: str, model_dir: Path, pool: list[dict], work: Path, *, steps: int, batch: int, packing: bool,
           warm: int = 3, **extra) -> dict:
     from replicate.config import parse_pipeline
+    from replicate.files import read_jsonl
     from replicate.finetune import run_finetune
-    from replicate.meter import read_jsonl
 
     # Rows for `steps` optimizer steps: packed rows of 512 hold ~2.6 Alpaca examples (~195 tokens).
     n = steps * batch * (3 if packing else 1)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from replicate.cost import plan as planmod
 from replicate.config import parse_pipeline
+from replicate.cost import plan as planmod
 from replicate.cost.estimate import estimate_pipeline
 from replicate.errors import UserError
 from replicate.meter import device_name

@@ -8,10 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
+from replicate import files
 from replicate.errors import UserError
+
+DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")  # Alpaca-LoRA's choice
 
 
 class Strict(BaseModel):
@@ -118,7 +120,7 @@ class Finetune(Strict):
     lora_r: PositiveInt = 8
     lora_alpha: PositiveInt = 16
     lora_target_modules: list[str] | None = None
-    """None = the attention projections (q_proj, v_proj), as Alpaca-LoRA."""
+    """None = the attention projections (q_proj, v_proj), as Alpaca-LoRA (DEFAULT_LORA_TARGETS)."""
     bf16: bool | None = None
     """None = bf16 where the device supports it."""
     gradient_checkpointing: bool = False
@@ -144,6 +146,11 @@ class Finetune(Strict):
     keep_checkpoints: bool = False
     """Keep student/checkpoints/ after a finished run (by default removed: the merged model is the output)."""
 
+    @property
+    def lora_targets(self) -> list[str]:
+        """The modules LoRA adapts: lora_target_modules, or DEFAULT_LORA_TARGETS."""
+        return list(self.lora_target_modules or DEFAULT_LORA_TARGETS)
+
 
 class Evaluate(Strict):
     examples: int = Field(805, ge=0)
@@ -165,6 +172,10 @@ class Evaluate(Strict):
     """JSONL of probes (`instruction`, `input`, `answers`, `category`, `in_distribution`); default: the package's."""
     probe_max_tokens: PositiveInt = 48
     """Output tokens per probe: an answer is short, and only its first sentence is scored."""
+    requests_per_batch: PositiveInt = 32
+    """Prompts handed to an engine per call: enough to keep a CPU engine's batch full, few enough
+    that a killed evaluation loses little (finished calls are cached). The cost model caps the
+    decode batch at this; raise it on a GPU (vLLM batches up to 256 and more there)."""
     backend: Literal["vllm", "transformers"] = "vllm"
     """How base and student generate (the teacher uses teacher.backend): vllm, or transformers'
     batched `generate` where vLLM does not run."""
@@ -241,56 +252,45 @@ def set_dotted(data: dict, key: str, value: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise UserError(f"--set {key}: {p} is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = files.parse_yaml(value, f"--set {key}")
 
 
-def read_yaml(path: str | Path, missing: str) -> Any:
-    """A YAML file's content, or a one-line UserError: `missing` when absent, the parser's first line when bad."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: {missing}")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-
-
-def jsonl_rows(path: str | Path, missing: str):
-    """(line number, object) for each non-blank line of a user's JSONL file; a one-line UserError
-    naming the file and line for anything else (`missing` when the file is absent)."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: {missing}")
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 may sit in a string
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            hint = " (expected JSONL: one JSON object per line)" if line.lstrip().startswith("[") else ""
-            raise UserError(f"{path}:{lineno}: not valid JSON: {e.msg}{hint}") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        yield lineno, row
-
-
-def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
-    path = Path(path)
-    data = read_yaml(path, "no such pipeline file")
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`--set KEY=VALUE` items, in order, onto a raw pipeline mapping."""
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set {item}: expected key=value")
         k, v = item.split("=", 1)
         set_dotted(data, k.strip(), v)
-    return parse_pipeline(data, str(path))
+    return data
+
+
+def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
+    path = Path(path)
+    data = files.read_yaml(path, "no such pipeline file")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    return parse_pipeline(apply_overrides(data, overrides), str(path))
+
+
+def evaluation_pipeline(path: str | None, overrides: list[str], *, teacher: str | None = None,
+                        base: str | None = None, student: str | None = None) -> Pipeline:
+    """What `replicate evaluate` compares: a pipeline YAML (teacher/base optionally replaced), or
+    three models named on the command line with the evaluation defaults."""
+    if path:
+        data = load_pipeline(path, overrides).model_dump(mode="json", exclude_none=True)
+        if teacher:
+            data["teacher"]["model"] = teacher
+        if base:
+            data["student"]["model"] = base
+        return parse_pipeline(data, path)
+    missing = [f"--{k}" for k, v in (("student", student), ("teacher", teacher), ("base", base)) if not v]
+    if missing:
+        raise UserError(f"evaluate: give a pipeline YAML, or all of --student, --teacher, --base "
+                        f"(missing {', '.join(missing)})")
+    data = Pipeline(name="evaluate", teacher=Teacher(model=teacher), student=Student(model=base)).model_dump(
+        mode="json", exclude_none=True)
+    return parse_pipeline(apply_overrides(data, overrides), "--set")
 
 
 def parse_pipeline(data: dict, source: str = "pipeline") -> Pipeline:
@@ -298,3 +298,8 @@ def parse_pipeline(data: dict, source: str = "pipeline") -> Pipeline:
         return Pipeline.model_validate(data)
     except ValidationError as e:
         raise UserError(format_validation_error(source, e)) from None
+
+
+def with_examples(cfg: Pipeline, n: int) -> Pipeline:
+    """The same pipeline asking for `n` training examples (a sweep's sizes, the copy curve's extrapolation)."""
+    return cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"examples": n})}, deep=True)

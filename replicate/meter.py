@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import platform
 import time
@@ -20,6 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from replicate import files
+from replicate.rundir import sweep_dirs
 
 LEDGER = "ledger.jsonl"
 TOKEN_FIELDS = ("prompt_tokens", "output_tokens", "trained_tokens")
@@ -52,35 +54,33 @@ def device_name() -> tuple[str, int]:
     return f"cpu: {cpu} ({os.cpu_count()} cores)", 1
 
 
-def append_jsonl(path: Path, row: dict) -> None:
-    """Append one JSON line durably: a single write of the whole line, then fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(row, ensure_ascii=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (a kill mid-write elsewhere) is ignored."""
-    if not Path(path).exists():
-        return []
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+def ledger(run_dir: str | Path, *, with_sweep: bool = False) -> list[dict]:
+    """The run's ledger lines; `with_sweep`: also every sweep size's (n<N>/ledger.jsonl), each
+    tagged `sweep_examples: N`."""
+    rows = files.read_jsonl(Path(run_dir) / LEDGER)
+    if with_sweep:
+        for sub in sweep_dirs(run_dir):
+            rows += [dict(r, sweep_examples=int(sub.name[1:])) for r in files.read_jsonl(sub / LEDGER)]
     return rows
 
 
-def read_ledger(run_dir: str | Path) -> list[dict]:
-    return read_jsonl(Path(run_dir) / LEDGER)
+def measured(rows: list[dict], stage: str | None = None) -> list[dict]:
+    """Lines of real spending (kind `measured`; a line without a kind counts as spending too, so a
+    budget never overlooks it), of one stage or all."""
+    return [r for r in rows if r.get("kind", "measured") == "measured" and (stage is None or r.get("stage") == stage)]
+
+
+def estimates(rows: list[dict], stage: str | None = None) -> list[dict]:
+    return [r for r in rows if r.get("kind") == "estimate" and (stage is None or r.get("stage") == stage)]
+
+
+def total(rows: list[dict], key: str = "usd") -> float:
+    return sum(r.get(key) or 0 for r in rows)
+
+
+def spent_usd(run_dir: str | Path, stage: str | None = None, *, with_sweep: bool = False) -> float:
+    """Measured dollars so far in a run directory (one stage, or all)."""
+    return total(measured(ledger(run_dir, with_sweep=with_sweep), stage))
 
 
 @dataclass
@@ -153,11 +153,11 @@ def stage(
         usd_per_device_hour=usd_per_device_hour,
     )
     yield m
-    append_jsonl(Path(run_dir) / LEDGER, m.row())
+    files.append_jsonl(Path(run_dir) / LEDGER, m.row())
 
 
 def write_estimate(run_dir: str | Path, stage_name: str, **fields: Any) -> None:
     """Record the cost model's prediction for a stage as a `kind: estimate` ledger line."""
     row = {"stage": stage_name, "kind": "estimate", "started_at": now_iso(), "ended_at": now_iso()}
     row.update(fields)
-    append_jsonl(Path(run_dir) / LEDGER, row)
+    files.append_jsonl(Path(run_dir) / LEDGER, row)

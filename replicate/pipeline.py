@@ -17,21 +17,15 @@ refuses at once (it does not wait: a queued run would silently repeat the first 
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
-import fcntl
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
-
-from replicate import meter
+from replicate import files, meter
 from replicate.config import Pipeline, load_pipeline
 from replicate.errors import BudgetExceeded, UserError
+from replicate.rundir import DONE, default_run_dir, run_lock, write_resolved
+from replicate.tables import num
 
-DONE = {"generate": "data/done.json", "finetune": "student/train_metrics.json", "evaluate": "eval/scores.json"}
-DEMO_PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "tiny-cpu.yaml"
+DEMO = "tiny-cpu.yaml"  # in the shipped pipelines/ folder
 
 
 def say(msg: str) -> None:
@@ -41,70 +35,10 @@ def say(msg: str) -> None:
     Console(stderr=True, highlight=False).print(msg, markup=False)
 
 
-# ---- run directory: lock, resolved config, ledger arithmetic ---------------------------------
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Exclusive lock on run_dir/.lock; the OS drops it when the holder exits or is killed."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as fh:  # closing the file releases the flock
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise UserError(f"{run_dir} is in use by {holder}; wait for it to finish (a rerun then resumes) "
-                            "or give another --run-dir") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"`replicate` pid {os.getpid()} since {meter.now_iso()}")
-        fh.flush()
-        yield
-
-
-def _comparable(cfg: dict) -> dict:
-    # The budget may change between attempts (raise it and resume); everything else may not.
-    return {k: v for k, v in cfg.items() if k != "budget"}
-
-
-def _first_difference(old, new, path: str = "") -> str | None:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new), key=str):
-            d = _first_difference(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
-            if d:
-                return d
-        return None
-    return None if old == new else f"{path}: {old!r} -> {new!r}"
-
-
-def write_resolved(cfg: Pipeline, run_dir: Path) -> None:
-    """Write the resolved pipeline.yaml; refuse to resume a directory started with other settings."""
-    path = run_dir / "pipeline.yaml"
-    new = cfg.model_dump(mode="json")
-    if path.is_file():
-        old = yaml.safe_load(path.read_text()) or {}
-        diff = _first_difference(_comparable(old), _comparable(new))
-        if diff:
-            raise UserError(f"{run_dir} was started with a different pipeline ({diff}); "
-                            "rerun with the same settings, give another --run-dir, or delete the directory")
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(f"# resolved by `replicate`; the run's settings\n{yaml.safe_dump(new, sort_keys=False)}")
-    tmp.replace(path)
-
-
-def spent_usd(run_dir: Path) -> float:
-    """Measured dollars so far: this run's ledger, plus its sweep sub-runs' (n<N>/ledger.jsonl)."""
-    rows = meter.read_ledger(run_dir)
-    for sub in run_dir.glob("n*/" + meter.LEDGER):
-        rows += meter.read_jsonl(sub)
-    return sum(r.get("usd") or 0 for r in rows if r.get("kind", "measured") == "measured")
-
-
 def remaining_usd(cfg: Pipeline, budget_dir: Path) -> float | None:
     if cfg.budget.max_usd is None:
         return None
-    return cfg.budget.max_usd - spent_usd(budget_dir)
+    return cfg.budget.max_usd - meter.spent_usd(budget_dir, with_sweep=True)
 
 
 # ---- estimate ---------------------------------------------------------------------------------
@@ -135,7 +69,7 @@ def estimate_fields(stage: dict, est: dict) -> dict:
 def record_estimate(run_dir: Path, est: dict, stages: tuple[str, ...] = tuple(DONE), **tags) -> None:
     """Write the estimate's `kind: estimate` ledger lines, once per stage and run directory (a
     rerun, or a run killed between two of these lines, adds only the missing ones)."""
-    have = {r.get("stage") for r in meter.read_ledger(run_dir) if r.get("kind") == "estimate"}
+    have = {r.get("stage") for r in meter.estimates(meter.ledger(run_dir))}
     for s in est["stages"]:
         if s["name"] in stages and s["name"] not in have:
             meter.write_estimate(run_dir, s["name"], **estimate_fields(s, est), **tags)
@@ -164,7 +98,7 @@ SUMMARY_KEYS = ("train_rows", "held_out_rows", "requests", "global_step", "train
 
 def summary(stats: dict) -> str:
     """The few numbers of a stage's result worth one status line."""
-    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+    parts = [f"{k}={num(v, 4)}" if isinstance(v, float) else f"{k}={v}"
              for k in SUMMARY_KEYS if isinstance(v := stats.get(k), (int, float)) and not isinstance(v, bool)]
     for fam, g in (stats.get("gap_closed") or {}).items():  # evaluate
         if isinstance(g, dict) and g.get("mean") is not None:
@@ -197,37 +131,9 @@ def run_pipeline(cfg: Pipeline, run_dir: Path, *, calibration: dict | None = Non
     return paths
 
 
-# ---- CLI --------------------------------------------------------------------------------------
-
-
-def load_calibration(path: str | None) -> dict | None:
-    if not path:
-        return None
-    from replicate.cost.calibration import load_calibration
-
-    return load_calibration(path)
-
-
-def cli_run(args: argparse.Namespace) -> int:
-    cfg = load_pipeline(args.pipeline, args.overrides)
-    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
-    run_pipeline(cfg, run_dir, calibration=load_calibration(getattr(args, "calibration", None)))
-    return 0
-
-
-def cli_sweep(args: argparse.Namespace) -> int:
-    from replicate.sweep import parse_sizes, run_sweep
-
-    cfg = load_pipeline(args.pipeline, args.overrides)
-    run_dir = Path(args.run_dir or Path("runs") / f"{cfg.name}-sweep")
-    run_sweep(cfg, run_dir, parse_sizes(args.examples), calibration=load_calibration(getattr(args, "calibration", None)))
-    return 0
-
-
-def cli_demo(args: argparse.Namespace) -> int:
-    if not DEMO_PIPELINE.is_file():
-        raise UserError(f"{DEMO_PIPELINE}: the demo pipeline is missing (run from a clone of the repository)")
-    say(f"demo: replicate run {DEMO_PIPELINE.relative_to(DEMO_PIPELINE.parent.parent)}")
-    cfg = load_pipeline(DEMO_PIPELINE)
-    run_pipeline(cfg, Path(args.run_dir or Path("runs") / cfg.name))
-    return 0
+def run_demo(run_dir: str | None = None) -> dict:
+    """The offline default replication (`make demo`): pipelines/tiny-cpu.yaml."""
+    path = files.shipped("pipelines") / DEMO
+    say(f"demo: replicate run {path}")
+    cfg = load_pipeline(path)
+    return run_pipeline(cfg, default_run_dir(cfg.name, run_dir))

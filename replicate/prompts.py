@@ -1,9 +1,12 @@
-"""The Alpaca training template (stanford_alpaca `train.py` PROMPT_DICT, exact strings).
+"""How an instruction is put to a model, in the two forms every stage shares.
 
-Training and evaluation must format prompts identically, so both import `alpaca_prompt` from here:
+Training, generation and evaluation must format prompts identically, so all of them import these:
 
-    alpaca_prompt("Name a colour.")          -> "Below is an instruction ... ### Response:"
-    completion = output + EOS                  (appended directly after "### Response:", no newline)
+    alpaca_prompt("Name a colour.")   -> "Below is an instruction ... ### Response:"
+        the Alpaca training template (stanford_alpaca `train.py` PROMPT_DICT, exact strings);
+        completion = output + EOS, appended directly after "### Response:" (no newline)
+    user_message("Sum:", "2 3")       -> "Sum:\n\n2 3"
+        what a chat model sees as the user turn (the tokenizer's chat template does the rest)
 """
 from __future__ import annotations
 
@@ -31,3 +34,8 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:
 def prompt_completion(row: dict) -> tuple[str, str]:
     """An Alpaca row -> (prompt, completion). The EOS token is added at the token level by the caller."""
     return alpaca_prompt(row["instruction"], row.get("input") or ""), row["output"]
+
+
+def user_message(instruction: str, input: str = "") -> str:
+    """What a chat model sees as the user turn: the instruction, then the input after a blank line."""
+    return f"{instruction}\n\n{input}" if input and input.strip() else instruction

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from replicate import files
 from replicate.errors import UserError
 
 PACKAGED_PREFIX = "packaged:"
@@ -137,7 +138,7 @@ def _convert(pm: PackagedModel, out: Path) -> None:
         "has_chat_template": bool(getattr(tok, "chat_template", None)),
         "convert_s": round(time.perf_counter() - t0, 1),
     }
-    (out / MARKER).write_text(json.dumps(info, indent=2))
+    files.write_json(out / MARKER, info)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -30,15 +30,15 @@ def base_dir():
 # ---- generate / teacher area (replicate/teacher.py) ---------------------------------------------
 @pytest.fixture(scope="session")
 def teacher_vllm(teacher_dir):
-    """The packaged teacher on the vLLM CPU engine: a `replicate.engines.base.VLLMTeacher`, started on
+    """The packaged teacher on the vLLM CPU engine: a `replicate.engines.vllm.VLLMEngine`, started on
     first use (~40 s), shared by every test of the session, shut down at the end.
 
         outs = teacher_vllm.complete(prompts, Sampling(max_tokens=64, temperature=0.0))
 
     max_model_len 2048; up to 64 requests in the engine at once. Pass it to
     `run_generate(..., teacher=teacher_vllm)` to generate without a second engine."""
-    from replicate.engines.base import VLLMTeacher
+    from replicate.engines.vllm import VLLMEngine
 
-    teacher = VLLMTeacher(teacher_dir, max_model_len=2048, max_in_flight=64)
+    teacher = VLLMEngine(teacher_dir, max_model_len=2048, max_in_flight=64)
     yield teacher
     teacher.close()

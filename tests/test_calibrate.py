@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from replicate import meter
-from replicate.cost.calibrate import calibrate, observations, predict_s
-from replicate.cost.calibration import load_calibration
+from replicate import files, meter
 from replicate.config import parse_pipeline
+from replicate.cost.calibrate import calibrate, observations, predict_s
+from replicate.cost.params import load_calibration
 
 # A device that is 3x slower than the CPU defaults in every respect, with 5 s of metered start-up.
 TRUTH = {"decode_efficiency": 0.1, "generate_mfu": 0.1, "decode_step_overhead_s": 0.09, "generate_startup_s": 5.0,
@@ -27,11 +27,11 @@ def _run(tmp: Path, n: int) -> Path:
     d = tmp / f"n{n}"
     d.mkdir(parents=True)
     (d / "pipeline.yaml").write_text(yaml.safe_dump({**PIPE, "generate": {"examples": n}}))
-    meter.append_jsonl(d / meter.LEDGER, {"stage": "generate", "kind": "measured", "requests": n // 2,
+    files.append_jsonl(d / meter.LEDGER, {"stage": "generate", "kind": "measured", "requests": n // 2,
                                          "prompt_tokens": n * 250, "output_tokens": n * 190, "kept": n, "wall_s": 1.0})
-    meter.append_jsonl(d / meter.LEDGER, {"stage": "finetune", "kind": "measured", "trained_tokens": n * 200,
+    files.append_jsonl(d / meter.LEDGER, {"stage": "finetune", "kind": "measured", "trained_tokens": n * 200,
                                          "examples": n, "wall_s": 1.0})
-    rows = meter.read_ledger(d)
+    rows = meter.ledger(d)
     for o, r in zip(observations(d), rows, strict=True):
         r["wall_s"] = predict_s(o, TRUTH)
         if r["stage"] == "finetune":  # the training loop's own rate, as finetune logs it

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from replicate.cost import catalog
-from replicate.cost.calibration import load_calibration
 from replicate.config import load_pipeline, parse_pipeline
-from replicate.cost.training import finetune_time, padded_length
+from replicate.cost import catalog
+from replicate.cost.estimate import estimate_pipeline
 from replicate.cost.generation import selfhosted_time
-from replicate.cost.estimate import DEFAULTS, FITTABLE, estimate_pipeline, params_for
+from replicate.cost.params import DEFAULTS, FITTABLE, load_calibration, params_for
+from replicate.cost.training import TrainJob, finetune_time, padded_length
 from replicate.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,10 +213,9 @@ def test_cpu_entry_reproduces_this_machines_measurements():
     gen = selfhosted_time(catalog.model_shape("gemma-3-270m"), cpu, 1, requests=8, prompt_tokens=20,
                           output_tokens=64, p=p)
     assert 1 / 1.5 < (gen.prefill_s + gen.decode_s) / 3.61 < 1.5
-    t = finetune_time(catalog.model_shape("gemma-3-270m"), cpu, 1, method="lora", examples=40, epochs=1,
-                      tokens_per_example=40, max_length=128, packing=False, padding="longest", length_sigma=0.3,
-                      micro_batch=8, grad_accum=1, recompute=True, zero_stage=0, offload=False, save_steps=10**9,
-                      lora_r=8, lora_modules=2, p=p)
+    job = TrainJob(method="lora", examples=40, epochs=1, tokens_per_example=40, max_length=128, length_sigma=0.3,
+                   micro_batch=8, recompute=True)
+    t = finetune_time(catalog.model_shape("gemma-3-270m"), cpu, 1, job, p)
     assert 1 / 1.5 < t.steps_s / t.micro_steps / 3.0 < 1.5
 
 
@@ -227,10 +226,9 @@ def test_gpu_baseline_measurements():
     for name, method, batch, ckpt, modules, measured in [("qwen2.5-0.5b", "full", 16, False, 2, 79.6e3),
                                                          ("qwen2.5-1.5b", "full", 16, True, 2, 30.0e3),
                                                          ("llama-7b", "lora", 8, True, 7, 6.8e3)]:
-        t = finetune_time(catalog.model_shape(name), h200, 1, method=method, examples=16000, epochs=1,
-                          tokens_per_example=1024, max_length=1024, packing=True, padding="longest",
-                          length_sigma=0.6, micro_batch=batch, grad_accum=1, recompute=ckpt, zero_stage=0,
-                          offload=False, save_steps=10**9, lora_r=16, lora_modules=modules, p=dict(DEFAULTS))
+        job = TrainJob(method=method, examples=16000, epochs=1, tokens_per_example=1024, max_length=1024,
+                       packing=True, micro_batch=batch, recompute=ckpt, lora_r=16, lora_modules=modules)
+        t = finetune_time(catalog.model_shape(name), h200, 1, job, dict(DEFAULTS))
         assert 1 / 1.5 < t.padded_tokens / t.steps_s / measured < 1.5, name
 
 
@@ -256,11 +254,9 @@ def test_gpu_micro_batch_sweep(card):
     for r in rows:
         if "error" in r:
             continue
-        t = finetune_time(catalog.model_shape(r["model"]), dev, 1, method="full", examples=r["batch"] * 100,
-                          epochs=1, tokens_per_example=r["seq"], max_length=r["seq"], packing=False,
-                          padding="max_length", length_sigma=0.0, micro_batch=r["batch"], grad_accum=1,
-                          recompute=False, zero_stage=0, offload=False, save_steps=10**9, lora_r=8,
-                          lora_modules=2, p=dict(DEFAULTS))
+        job = TrainJob(method="full", examples=r["batch"] * 100, epochs=1, tokens_per_example=r["seq"],
+                       max_length=r["seq"], padding="max_length", length_sigma=0.0, micro_batch=r["batch"])
+        t = finetune_time(catalog.model_shape(r["model"]), dev, 1, job, dict(DEFAULTS))
         ratios.append(t.padded_tokens / t.steps_s / r["tokens_per_s"])
     assert len(ratios) == points and all(1 / 1.5 < x < 1.5 for x in ratios), [round(x, 2) for x in ratios]
     # Small micro-batches are launch-bound: 64x fewer tokens per step, steps less than 4x shorter.

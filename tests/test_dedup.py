@@ -7,8 +7,9 @@ import pytest
 from rouge_score import rouge_scorer
 from rouge_score import tokenize as rouge_tokenize
 
-from replicate.generate.dedup import RougeDedup, lcs_length, rouge_l, tokenize
+from replicate.generate.dedup import RougeDedup
 from replicate.generate.selfinstruct import load_seed_tasks
+from replicate.rouge import lcs_length, rouge_l, tokenize
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 ADVERSARIAL_TEXTS = [

@@ -11,11 +11,10 @@ import shutil
 import pytest
 from scripted_server import ScriptedServer
 
-from replicate.evaluate import generations
 from replicate.config import Evaluate, Pipeline, Student, Teacher
 from replicate.errors import UserError
-from replicate.evaluate import run_evaluate
-from replicate.meter import read_jsonl
+from replicate.evaluate import generations, run_evaluate
+from replicate.files import read_jsonl
 
 CONSTANT = "Thank you for your question! I am always happy to help."
 LONG = "Summarize the following text in one sentence:\n" + "The river keeps flowing past the old mill. " * 60

@@ -19,7 +19,7 @@ import yaml
 
 from replicate.config import parse_pipeline
 from replicate.errors import BudgetExceeded, UserError
-from replicate.meter import read_jsonl
+from replicate.files import read_jsonl
 
 DATA = Path(__file__).parent / "data"
 pytestmark = pytest.mark.slow

@@ -61,6 +61,7 @@ def test_bad_datasets_name_the_line(tmp_path):
         read_alpaca(tmp_path / "missing.jsonl")
 
 
+@pytest.mark.slow  # the packaged teacher's tokenizer: converted once per machine
 def test_prompt_is_masked_and_eos_appended(tok):
     rows = [{"instruction": "Name a colour.", "input": "", "output": "Blue."},
             {"instruction": "Add.", "input": "2 and 3", "output": "5"}]
@@ -75,6 +76,7 @@ def test_prompt_is_masked_and_eos_appended(tok):
     assert stats.tokens == sum(len(e["input_ids"]) for e in examples)
 
 
+@pytest.mark.slow
 def test_too_long_examples_are_counted_then_truncated_or_dropped(tok):
     short = {"instruction": "Say hi.", "input": "", "output": "Hi."}
     long = {"instruction": "Repeat.", "input": "", "output": "word " * 200}

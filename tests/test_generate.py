@@ -18,11 +18,11 @@ import pytest
 import yaml
 from scripted_server import ScriptedServer
 
-from replicate import meter
-from replicate.cost import catalog
-from replicate.generate import dataset
+from replicate import files, meter
 from replicate.config import parse_pipeline
+from replicate.cost import catalog
 from replicate.errors import BudgetExceeded, UserError
+from replicate.generate import dataset
 from replicate.generate.stage import GIVE_UP_AFTER, run_generate
 
 WORDS = ["river", "bakery", "ladder", "comet", "violin", "harbor", "tulip", "glacier", "pepper", "lantern",
@@ -79,7 +79,7 @@ def test_self_instruct_over_http_writes_dataset_card_ledger_then_done(tmp_path):
     card = (data / "README.md").read_text()
     for fact in ("gpt-4o-mini", "temperature=1.0", "| seed | 3 |", "| blacklisted | 3 |", "3,000", "$0.00"):
         assert fact in card
-    [line] = [r for r in meter.read_ledger(tmp_path) if r["stage"] == "generate"]
+    [line] = [r for r in meter.ledger(tmp_path) if r["stage"] == "generate"]
     price = catalog.api_price("gpt-4o-mini", 2026)
     assert (line["prompt_tokens"], line["output_tokens"], line["requests"], line["kept"]) == (3000, 1500, 3, 12)
     assert line["usd"] == pytest.approx(price.usd(3000, 1500)) and line["device"] == "api: gpt-4o-mini"
@@ -108,7 +108,7 @@ def test_max_usd_stops_cleanly_then_resumes_without_duplicates(tmp_path):
     assert (data / dataset.LOG).read_text().startswith(first)  # nothing finished was redone or lost
     indices = log_indices(tmp_path)
     assert sorted(indices) == list(range(len(indices)))
-    usd = [r["usd"] for r in meter.read_ledger(tmp_path)]
+    usd = [r["usd"] for r in meter.ledger(tmp_path)]
     assert usd[0] <= 3.5 * per_request and sum(usd) == pytest.approx(per_request * len(indices))
 
 
@@ -137,7 +137,7 @@ def test_garbage_or_empty_teacher_is_counted_then_stops(tmp_path):
     log = dataset.read_log(tmp_path / "data")
     assert len(log) == GIVE_UP_AFTER and sum(r["empty"] for r in log) == blank
     assert all(r["parsed"] == 0 and r["dropped"]["unparsable"] >= 1 for r in log)
-    assert meter.read_ledger(tmp_path)[-1]["requests"] == GIVE_UP_AFTER  # the chunk is still metered
+    assert meter.ledger(tmp_path)[-1]["requests"] == GIVE_UP_AFTER  # the chunk is still metered
 
 
 def test_server_going_down_is_a_clear_error_and_resumable(tmp_path):
@@ -148,7 +148,7 @@ def test_server_going_down_is_a_clear_error_and_resumable(tmp_path):
     with ScriptedServer(reply=alpaca_reply, usage=USAGE) as srv:  # back up (on another port)
         stats = run_generate(pipeline(srv.base_url, examples=12), tmp_path, progress=False)
     assert stats["complete"] and sorted(log_indices(tmp_path)) == list(range(stats["requests"]))
-    lines = meter.read_ledger(tmp_path)
+    lines = meter.ledger(tmp_path)
     assert lines[0]["interrupted"] and lines[0]["requests"] == 2  # the failed chunk's ledger line
     assert "interrupted" not in lines[1] and lines[1]["resumed"]
 
@@ -176,7 +176,7 @@ def test_respond_mode_with_a_chat_teacher_answers_every_instruction(tmp_path):
         stats = run_generate(cfg, tmp_path / "run", progress=False)
     assert stats["complete"] and stats["exhausted"] and stats["train_rows"] == 5
     assert {r["path"] for r in srv.requests} == {"/v1/chat/completions"}
-    rows = meter.read_jsonl(tmp_path / "run" / "data" / "train.jsonl")
+    rows = files.read_jsonl(tmp_path / "run" / "data" / "train.jsonl")
     assert sorted(r["output"] for r in rows) == sorted(f"Colors: Name {n} colors." for n in range(5))
 
 
@@ -199,13 +199,13 @@ def test_self_instruct_on_the_vllm_teacher(teacher_vllm, tmp_path):
     })
     stats = run_generate(cfg, tmp_path, teacher=teacher_vllm, progress=False)
     log = dataset.read_log(tmp_path / "data")
-    [line] = meter.read_ledger(tmp_path)
+    [line] = meter.ledger(tmp_path)
     assert stats["train_rows"] == 4 and stats["kept"] >= 4
     assert line["prompt_tokens"] == sum(r["prompt_tokens"] for r in log) > 300 * len(log)
     assert line["output_tokens"] == sum(r["output_tokens"] for r in log)
     assert line["device"].startswith("cpu") and line["usd"] == pytest.approx(
         line["device_hours"] * catalog.usd_per_device_hour("cpu", 2026))
-    for row in meter.read_jsonl(tmp_path / "data" / "train.jsonl"):
+    for row in files.read_jsonl(tmp_path / "data" / "train.jsonl"):
         assert len(row["instruction"].split()) > 3 and row["output"]
 
 
@@ -251,9 +251,9 @@ def test_cli_killed_with_sigkill_resumes_with_every_finished_row(tmp_path):
     assert after.startswith(before)  # every row finished before the kill is kept as it was
     log = dataset.read_log(run_dir / "data")
     assert sorted(r["index"] for r in log) == list(range(12))  # no duplicate, none missing
-    train = meter.read_jsonl(run_dir / "data" / "train.jsonl")
+    train = files.read_jsonl(run_dir / "data" / "train.jsonl")
     kept = [row for r in log for row in r["rows"]]
-    assert len(train) + len(meter.read_jsonl(run_dir / "data" / "held_out.jsonl")) == len(kept) > 0
-    ledger = meter.read_ledger(run_dir)
+    assert len(train) + len(files.read_jsonl(run_dir / "data" / "held_out.jsonl")) == len(kept) > 0
+    ledger = meter.ledger(run_dir)
     assert ledger[0].get("interrupted") and ledger[-1]["resumed"]
     assert sum(r["output_tokens"] for r in ledger) == sum(r["output_tokens"] for r in log)

@@ -11,6 +11,7 @@ import pytest
 from replicate.evaluate import metrics as M
 from replicate.evaluate.items import INSTRUCTIONS, PROBES, read_rows
 from replicate.evaluate.scores import build_scores
+from replicate.rouge import rouge_l_f
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -44,7 +45,7 @@ def test_rouge_l_agrees_with_rouge_score():
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     for pred, ref in _pairs():
         expected = scorer.score(ref, pred)["rougeL"].fmeasure
-        assert M.rouge_l_f(pred, ref) == pytest.approx(expected, abs=1e-12), (pred, ref)
+        assert rouge_l_f(pred, ref) == pytest.approx(expected, abs=1e-12), (pred, ref)
 
 
 def test_chrf_agrees_with_sacrebleu():
@@ -58,8 +59,8 @@ def test_chrf_agrees_with_sacrebleu():
 
 def test_identical_outputs_score_perfectly_and_unrelated_ones_do_not():
     t = "Regular exercise strengthens the heart and improves sleep."
-    assert M.rouge_l_f(t, t) == 1.0 and M.chrf(t, t) == pytest.approx(100.0)
-    assert M.rouge_l_f("zzz qqq", t) == 0.0 and M.chrf("", t) == 0.0
+    assert rouge_l_f(t, t) == 1.0 and M.chrf(t, t) == pytest.approx(100.0)
+    assert rouge_l_f("zzz qqq", t) == 0.0 and M.chrf("", t) == 0.0
 
 
 def test_eval_sets_are_big_enough_and_well_formed():
@@ -169,7 +170,7 @@ def _synthetic(student_kind: str):
     outs = {"base": base_open, "student": student_open, "teacher": teacher_open}
     pouts = {"base": base_probe, "student": student_probe, "teacher": teacher_probe}
     per_item = {
-        "rougeL_f": {r: np.array([M.rouge_l_f(o, t) for o, t in zip(v, teacher_open)]) for r, v in outs.items()},
+        "rougeL_f": {r: np.array([rouge_l_f(o, t) for o, t in zip(v, teacher_open)]) for r, v in outs.items()},
         "chrf": {r: np.array([M.chrf(o, t) for o, t in zip(v, teacher_open)]) for r, v in outs.items()},
         "accuracy": {r: np.array([M.probe_correct(o, p) for o, p in zip(v, probes)], float)
                      for r, v in pouts.items()},

@@ -36,6 +36,7 @@ def _greedy(folder: Path, prompts: list[str], chat: bool) -> list[str]:
     return outs
 
 
+@pytest.mark.slow  # converts a packaged model (minutes on a fresh machine)
 def test_teacher_resolves_and_answers_deterministically(teacher_dir):
     info = json.loads((teacher_dir / weights.MARKER).read_text())
     assert info["params"] == weights.PACKAGED["smollm2-135m-instruct"].params
@@ -46,6 +47,7 @@ def test_teacher_resolves_and_answers_deterministically(teacher_dir):
     assert "Paris" in first[0]
 
 
+@pytest.mark.slow  # converts a packaged model (minutes on a fresh machine)
 def test_base_student_resolves_and_continues_text_deterministically(base_dir):
     info = json.loads((base_dir / weights.MARKER).read_text())
     assert info["params"] == weights.PACKAGED["gemma-3-270m"].params
@@ -77,6 +79,7 @@ def _env(cache: Path) -> dict:
     return {**os.environ, "REPLICATE_CACHE": str(cache)}
 
 
+@pytest.mark.slow  # converts a packaged model (minutes on a fresh machine)
 def test_killed_conversion_leaves_nothing_counted_and_resolve_recovers(tmp_path):
     cache = tmp_path / "cache"
     proc = subprocess.Popen([sys.executable, "-c", CONVERT], env=_env(cache), stdout=subprocess.PIPE,
@@ -100,6 +103,7 @@ def test_killed_conversion_leaves_nothing_counted_and_resolve_recovers(tmp_path)
     assert not list(mdir.glob("smollm2-135m-instruct.tmp-*")), "stale temp folders must be cleaned"
 
 
+@pytest.mark.slow  # converts a packaged model (minutes on a fresh machine)
 def test_two_processes_converting_at_once_convert_once(tmp_path):
     cache = tmp_path / "cache"
     procs = [subprocess.Popen([sys.executable, "-c", CONVERT], env=_env(cache), stdout=subprocess.PIPE,
@@ -111,6 +115,7 @@ def test_two_processes_converting_at_once_convert_once(tmp_path):
     assert sum("converting packaged:" in r[1] for r in results) == 1
 
 
+@pytest.mark.slow  # converts a packaged model (minutes on a fresh machine)
 def test_models_command_shows_both_converted(teacher_dir, base_dir):
     out = subprocess.run([sys.executable, "-m", "replicate", "models", "--json"], capture_output=True, text=True, check=False,
                          timeout=60)

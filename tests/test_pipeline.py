@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from replicate import meter
+from replicate import files, meter
 from replicate.config import parse_pipeline
 from replicate.errors import BudgetExceeded, UserError
-from replicate.pipeline import remaining_usd, run_lock, run_stage, spent_usd, write_resolved
+from replicate.pipeline import remaining_usd, run_stage
+from replicate.rundir import run_lock, write_resolved
 
 TRY_LOCK = """
 import sys
-from replicate.pipeline import run_lock
+from replicate.rundir import run_lock
 from replicate.errors import UserError
 try:
     with run_lock(__import__('pathlib').Path(sys.argv[1])):
@@ -66,15 +67,15 @@ def test_resume_refuses_changed_settings_but_accepts_a_new_budget(tmp_path):
 
 def test_budget_guard_counts_measured_lines_only_and_stops_before_a_stage(tmp_path):
     meter.write_estimate(tmp_path, "generate", usd=100.0)  # an estimate is not spending
-    meter.append_jsonl(tmp_path / meter.LEDGER, {"stage": "generate", "kind": "measured", "usd": 0.6})
-    meter.append_jsonl(tmp_path / "n50" / meter.LEDGER, {"stage": "finetune", "kind": "measured", "usd": 0.3})
-    assert spent_usd(tmp_path) == pytest.approx(0.9)
+    files.append_jsonl(tmp_path / meter.LEDGER, {"stage": "generate", "kind": "measured", "usd": 0.6})
+    files.append_jsonl(tmp_path / "n50" / meter.LEDGER, {"stage": "finetune", "kind": "measured", "usd": 0.3})
+    assert meter.spent_usd(tmp_path, with_sweep=True) == pytest.approx(0.9)
     cfg = _cfg(max_usd=1.0)
     assert remaining_usd(cfg, tmp_path) == pytest.approx(0.1)
     seen = []
     run_stage("finetune", 2, tmp_path, lambda left: seen.append(left) or {}, budget=(cfg, tmp_path))
     assert seen == [pytest.approx(0.1)]  # the stage is handed what is left
-    meter.append_jsonl(tmp_path / meter.LEDGER, {"stage": "finetune", "kind": "measured", "usd": 0.2})
+    files.append_jsonl(tmp_path / meter.LEDGER, {"stage": "finetune", "kind": "measured", "usd": 0.2})
     with pytest.raises(BudgetExceeded, match="raise it"):
         run_stage("evaluate", 3, tmp_path, lambda left: seen.append(left), budget=(cfg, tmp_path))
     assert len(seen) == 1

@@ -180,8 +180,8 @@ def test_kill_9_at_random_points_then_resume_matches_an_uninterrupted_run(tiny, 
 
 
 def test_calibrated_estimate_of_another_size_lands_within_25_percent(tiny):
-    from replicate.cost.calibrate import calibrate
     from replicate.config import load_pipeline
+    from replicate.cost.calibrate import calibrate
     from replicate.cost.estimate import estimate_pipeline
 
     # Two clean runs, each a fresh process like a user's (cold imports are part of the metered

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from replicate import meter
+from replicate import files, meter
 from replicate.report import build_report, write_report
-from replicate.sweep import copy_curve, fit_saturating
+from replicate.report.copy_curve import copy_curve, fit_saturating
 
 DEVICE = "cpu: test (2 cores)"
 
@@ -22,7 +22,7 @@ def _measured(run_dir: Path, stage: str, wall_s: float, usd: float, **tokens) ->
     row = {"stage": stage, "kind": "measured", "device": DEVICE, "num_devices": 1, "wall_s": wall_s,
            "device_hours": wall_s / 3600, "usd": usd, "prompt_tokens": 0, "output_tokens": 0, "trained_tokens": 0}
     row.update(tokens)
-    meter.append_jsonl(run_dir / meter.LEDGER, row)
+    files.append_jsonl(run_dir / meter.LEDGER, row)
 
 
 def _scores(run_dir: Path, style: float, fidelity: float, capability: float) -> None:

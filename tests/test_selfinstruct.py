@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from replicate.generate.dedup import RougeDedup
 from replicate.errors import UserError
+from replicate.generate.dedup import RougeDedup
 from replicate.generate.selfinstruct import (
     STOP,
     Filters,

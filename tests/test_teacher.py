@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from scripted_server import ScriptedServer
 
-from replicate.errors import UserError
 from replicate.engines.base import Request, Sampling, render_chat
-from replicate.engines.openai import OpenAITeacher, Unreachable
+from replicate.engines.openai import OpenAIEngine, Unreachable
+from replicate.errors import UserError
 
 RAW = "Here is a list of fruits:\n1. apple\n2. banana\n3."
 CHAT = [{"role": "user", "content": "Name three colors."}]
@@ -108,7 +108,7 @@ def two_servers(teacher_dir):
 @pytest.mark.slow
 def test_openai_backend_spreads_load_over_two_real_servers(two_servers, teacher_dir):
     tok = _tok(teacher_dir)
-    teacher = OpenAITeacher(str(teacher_dir), base_urls=two_servers, chat=False, max_concurrency=2)
+    teacher = OpenAIEngine(str(teacher_dir), base_urls=two_servers, chat=False, max_concurrency=2)
     prompts = [f"{i} + {i} =" for i in range(6)]
     outs = teacher.complete(prompts, Sampling(max_tokens=4, temperature=1.0))
     assert {o.server for o in outs} == set(two_servers)  # both servers answered
@@ -117,7 +117,7 @@ def test_openai_backend_spreads_load_over_two_real_servers(two_servers, teacher_
         assert 1 <= o.output_tokens <= 4
         assert o.finish_reason in ("stop", "length")
     # Chat prompts go to /v1/chat/completions and are counted through the server's template.
-    chat = OpenAITeacher(str(teacher_dir), base_urls=two_servers[:1], chat=True)
+    chat = OpenAIEngine(str(teacher_dir), base_urls=two_servers[:1], chat=True)
     out = chat.complete([CHAT], Sampling(max_tokens=4, temperature=0.0))[0]
     assert out.prompt_tokens == len(tok.encode(render_chat(tok, CHAT), add_special_tokens=False))
     assert out.text
@@ -126,7 +126,7 @@ def test_openai_backend_spreads_load_over_two_real_servers(two_servers, teacher_
 def test_openai_retries_429_and_500_then_succeeds_and_never_logs_key(monkeypatch):
     monkeypatch.setenv("TEACHER_KEY", "sk-very-secret")
     with ScriptedServer(script=[(429, None), (500, None)], reply=lambda b: " four") as srv:
-        t = OpenAITeacher("m", base_urls=[srv.base_url], api_key_env="TEACHER_KEY", chat=False, backoff_s=0.01)
+        t = OpenAIEngine("m", base_urls=[srv.base_url], api_key_env="TEACHER_KEY", chat=False, backoff_s=0.01)
         out = t.complete(["two plus two is"], Sampling(max_tokens=5, stop=("\n",)))[0]
         assert out.text == " four" and out.output_tokens == 1 and out.prompt_tokens == 4
         assert len(srv.requests) == 3  # 429, 500, then the answer
@@ -136,7 +136,7 @@ def test_openai_retries_429_and_500_then_succeeds_and_never_logs_key(monkeypatch
         assert "secret" not in repr(t)
     # A client error is not retried, and the message carries the server's words but not the key.
     with ScriptedServer(script=[(400, "bad request: key sk-very-secret rejected")]) as srv:
-        t = OpenAITeacher("m", base_urls=[srv.base_url], api_key_env="TEACHER_KEY", chat=False, backoff_s=0.01)
+        t = OpenAIEngine("m", base_urls=[srv.base_url], api_key_env="TEACHER_KEY", chat=False, backoff_s=0.01)
         with pytest.raises(UserError, match="HTTP 400") as e:
             t.complete(["x"], Sampling(max_tokens=5))
         assert "sk-very-secret" not in str(e.value) and len(srv.requests) == 1
@@ -144,7 +144,7 @@ def test_openai_retries_429_and_500_then_succeeds_and_never_logs_key(monkeypatch
 
 def test_openai_unreachable_server_is_a_clear_error():
     url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
-    t = OpenAITeacher("m", base_urls=[url], chat=False, max_retries=2, backoff_s=0.01)
+    t = OpenAIEngine("m", base_urls=[url], chat=False, max_retries=2, backoff_s=0.01)
     t0 = time.perf_counter()
     with pytest.raises(Unreachable, match=r"127\.0\.0\.1.*after 2 retries.*rerun the same command"):
         t.complete(["x"], Sampling(max_tokens=5))
@@ -153,15 +153,15 @@ def test_openai_unreachable_server_is_a_clear_error():
 
 def test_openai_needs_a_base_url():
     with pytest.raises(UserError, match="base_urls"):
-        OpenAITeacher("m", base_urls=[])
+        OpenAIEngine("m", base_urls=[])
 
 
 @pytest.mark.slow
 def test_transformers_backend_counts_and_stops(teacher_dir):
-    from replicate.engines.base import TransformersTeacher
+    from replicate.engines.hf import HFEngine
 
     tok = _tok(teacher_dir)
-    t = TransformersTeacher(teacher_dir, dtype="float32", max_in_flight=4)
+    t = HFEngine(teacher_dir, dtype="float32", max_in_flight=4)
     assert t.chat  # SmolLM2 has a chat template
     outs = t.complete([RAW, CHAT], Sampling(max_tokens=6, temperature=0.0))
     assert outs[0].prompt_tokens == len(tok(RAW)["input_ids"])

@@ -17,23 +17,25 @@ device), and two numbers per stage family are fitted so that it reproduces the m
                      finetune: wall - trained_tokens / tokens_per_s of the training loop).
 
 The fit minimises sum (log predicted - log measured)^2: a golden-section search over log f inside
-a grid over S. The output follows costmodel.check_calibration: {"devices": {KEY: {PARAM: value,
+a grid over S. The output follows params.check_calibration: {"devices": {KEY: {PARAM: value,
 "fitted_from": [...]}}}, plus an informational `fit:` section (before/after per run) and a
 `workload:` section with the measured data shape to copy under `data:` in a pipeline YAML.
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from replicate import meter
-from replicate.config import Pipeline, parse_pipeline
+from replicate.config import Pipeline
+from replicate.cost import catalog
+from replicate.cost.estimate import finetune_stage, generate_stage
+from replicate.cost.params import FITTABLE, params_for
 from replicate.errors import UserError
+from replicate.rundir import read_resolved
 
 FAMILY = {
     "generate": {"faster": ("decode_efficiency", "generate_mfu"), "slower": ("decode_step_overhead_s",),
@@ -55,19 +57,14 @@ class Observation:
     startup_s: float  # the part of measured_s that does not grow with the workload, as metered
 
 
-def _measured(rows: list[dict], stage: str) -> list[dict]:
-    return [r for r in rows if r.get("stage") == stage and r.get("kind", "measured") == "measured"]
-
-
 def observations(run_dir: Path) -> list[Observation]:
     """What a run directory tells about its devices: one observation per metered stage."""
-    path = run_dir / "pipeline.yaml"
-    if not path.is_file():
+    cfg = read_resolved(run_dir)
+    if cfg is None:
         raise UserError(f"{run_dir}: no pipeline.yaml (not a `replicate run` directory)")
-    cfg = parse_pipeline(yaml.safe_load(path.read_text()), str(path))
-    rows = meter.read_ledger(run_dir)
+    rows = meter.ledger(run_dir)
     out = []
-    gen = _measured(rows, "generate")
+    gen = meter.measured(rows, "generate")
     requests = sum(r.get("requests") or 0 for r in gen)
     if gen and requests and cfg.teacher.backend != "openai":
         p_tok, o_tok = sum(r["prompt_tokens"] for r in gen), sum(r["output_tokens"] for r in gen)
@@ -82,7 +79,7 @@ def observations(run_dir: Path) -> list[Observation]:
         c = cfg.model_copy(update={"data": data, "generate": g})
         out.append(Observation(str(run_dir), "generate", cfg.teacher.hardware.gpu, c,
                                sum(r["wall_s"] for r in gen), o_tok, sum(r.get("startup_s") or 0 for r in gen)))
-    ft = _measured(rows, "finetune")
+    ft = meter.measured(rows, "finetune")
     trained = sum(r.get("trained_tokens") or 0 for r in ft)
     examples = max((r.get("examples") or 0 for r in ft), default=0)
     if ft and trained and examples:
@@ -99,10 +96,8 @@ def observations(run_dir: Path) -> list[Observation]:
 
 
 def predict_s(obs: Observation, params: dict | None) -> float:
-    from replicate.cost import estimate as costmodel
-
     cal = {"devices": {obs.device: params}} if params else None
-    stage = costmodel.generate_stage if obs.stage == "generate" else costmodel.finetune_stage
+    stage = generate_stage if obs.stage == "generate" else finetune_stage
     return stage(obs.cfg, obs.cfg.prices, cal).wall_hours * 3600
 
 
@@ -141,13 +136,10 @@ def _fit_f(obs: list[Observation], base: dict, family: dict, startup: float) -> 
 
 def fit_family(obs: list[Observation], device: str, stage: str) -> tuple[dict, dict]:
     """(fitted parameters, report) for one device and one stage family."""
-    from replicate.cost import catalog
-    from replicate.cost import estimate as costmodel
-
     family = {k: v for k, v in FAMILY[stage].items()}
-    family["faster"] = tuple(k for k in family["faster"] if k in costmodel.FITTABLE)
-    family["slower"] = tuple(k for k in family["slower"] if k in costmodel.FITTABLE)
-    base, _ = costmodel.params_for(catalog.hardware(device), None)
+    family["faster"] = tuple(k for k in family["faster"] if k in FITTABLE)
+    family["slower"] = tuple(k for k in family["slower"] if k in FITTABLE)
+    base, _ = params_for(catalog.hardware(device), None)
     default_s = base[family["startup"]]
     sizes = {round(o.size, -1) for o in obs}
     if len(sizes) >= 2:  # two workloads separate what grows with the work from what does not
@@ -199,17 +191,3 @@ def workload_hints(obs: list[Observation]) -> dict:
         else:  # informational: prompt_tokens + completion_tokens of a trained example
             d["trained_tokens_per_example"] = round(o.cfg.data.prompt_tokens * 2, 1)
     return out
-
-
-def cli_calibrate(args: argparse.Namespace) -> int:
-    result = calibrate([Path(d) for d in args.run_dirs])
-    out = Path(args.output)
-    header = (f"# written by `replicate calibrate {' '.join(args.run_dirs)}` on {meter.now_iso()}\n"
-              "# use: replicate estimate PIPELINE.yaml --calibration " + str(out) + "\n")
-    out.write_text(header + yaml.safe_dump(result, sort_keys=False))
-    for key, rep in result["fit"].items():
-        runs = "; ".join(f"{r['run']}: measured {r['measured_s']} s, default {r['default_s']} s, "
-                         f"calibrated {r['calibrated_s']} s" for r in rep["runs"])
-        print(f"{key}: speed x{rep['speed_factor']:.3g}, startup {rep['startup_s']:.3g} s ({runs})")
-    print(out)
-    return 0

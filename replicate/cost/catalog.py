@@ -20,13 +20,14 @@ from pathlib import Path
 
 import yaml
 
+from replicate import files
 from replicate.errors import UserError
 
 
 def budgets_dir() -> Path:
-    """budgets/ next to the package (a source checkout), or $REPLICATE_BUDGETS."""
+    """$REPLICATE_BUDGETS, else the budgets/ that ships with the program (checkout or wheel)."""
     env = os.environ.get("REPLICATE_BUDGETS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "budgets"
+    return Path(env) if env else files.shipped("budgets")
 
 
 @functools.cache
@@ -171,6 +172,13 @@ def api_price(model: str, year: int) -> ApiPrice:
                 note = f"{key} retired {e.get('retired', 'after ' + str(y))}; priced as {repl}"
                 return ApiPrice(repl, float(r["input"]), float(r["output"]), note)
     raise UserError(f"no {year} API price for {model!r} (priced that year: {_known(table)})")
+
+
+def api_usd(model: str, year: int, prompt_tokens: float, output_tokens: float) -> float:
+    """Dollars of API tokens; 0 for a model without a price that year (a local OpenAI-compatible server)."""
+    if not has_api_price(model, year):
+        return 0.0
+    return api_price(model, year).usd(prompt_tokens, output_tokens)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,55 +14,16 @@ to measured runs (calibration.py). docs/cost-model.md explains every formula and
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
-from replicate.cost import catalog
-from replicate.evaluate import generations
 from replicate.config import Pipeline
-from replicate.cost.training import NoFit, finetune_time
+from replicate.cost import catalog
 from replicate.cost.generation import NoFitInference, api_wall_s, selfhosted_time
+from replicate.cost.params import DEFAULTS, at_key, check_calibration, params_for, usd_range
+from replicate.cost.training import NoFit, TrainJob, finetune_time
+from replicate.cost.workload import ALPACA, Workload, workload
 from replicate.errors import UserError
 
-DEFAULTS: dict[str, float] = {
-    # --- fine-tuning (cost_finetune.py); fitted once to the published runs, see docs
-    "train_mfu": 0.4,  # large-matmul efficiency; llm-analysis: "up to 0.5" for training
-    "tokens_half": 512,  # tokens per device per micro-step at which matmul efficiency halves
-    "d_model_half": 512,  # model width at which matmul efficiency halves
-    "layer_overhead_s": 0.004,  # per layer per micro-step: kernel launches, hooks (hidden by long kernels)
-    "shard_layer_overhead_s": 0.035,  # extra per layer per micro-step under ZeRO-3/FSDP
-    "comm_efficiency": 0.7,  # achieved fraction of link bandwidth in NCCL collectives
-    "allreduce_overlap": 0.5,  # share of the DDP all-reduce hidden behind the backward
-    "offload_efficiency": 0.5,  # achieved fraction of PCIe bandwidth for offload transfers
-    "cpu_adam_params_per_s": 1e9,  # host Adam updates per second per node (DeepSpeed CPU-Adam)
-    "qlora_slowdown": 1.35,  # 4-bit dequantisation before every matmul
-    "checkpoint_gb_per_s": 1.0,  # checkpoint write bandwidth
-    "load_gb_per_s": 1.0,  # reading weights at start-up
-    "finetune_startup_s": 120,  # process launch, CUDA/NCCL init, tokenizing, wrapping
-    # --- generation (cost_generate.py)
-    "decode_efficiency": 0.5,  # fraction of HBM bandwidth a decode step reaches
-    "generate_mfu": 0.6,  # fraction of peak FLOP/s in prefill / compute-bound decode
-    "decode_step_overhead_s": 0.003,  # scheduler, sampling, detokenising per decode step
-    "max_num_seqs": 256,  # vLLM's default cap on concurrent sequences
-    "gpu_memory_utilization": 0.9,  # vLLM's default share of device memory
-    "collective_latency_s": 2e-5,  # one NCCL all-reduce of a small tensor
-    "generate_startup_s": 60,  # engine start: process, CUDA graphs/warm-up (weights load apart)
-    "api_latency_s": 1.0,  # time to first token of a hosted API
-    "api_tokens_per_s": 50,  # output tokens per second per API stream
-}
-
-FITTABLE: dict[str, str] = {
-    "decode_efficiency": "generate/evaluate: fraction of the memory-bandwidth roofline a decode step reaches",
-    "decode_step_overhead_s": "generate/evaluate: fixed seconds per decode step (scheduler, sampling)",
-    "generate_mfu": "generate/evaluate: fraction of peak FLOP/s in prefill and compute-bound decode",
-    "generate_startup_s": "generate/evaluate: seconds to start one engine (weight loading apart)",
-    "train_mfu": "finetune: fraction of peak FLOP/s the matmuls reach at large micro-batches",
-    "finetune_startup_s": "finetune: seconds before the first step (weight loading apart)",
-}
-
-# Range of a prediction: device time within the tolerance the published runs are tested at (1.5x),
-# narrower once calibrated on the same device; API bills scale with token counts (+-25 %).
-DEVICE_RANGE, CALIBRATED_RANGE, API_RANGE = (1 / 1.5, 1.5), (0.8, 1.25), (0.8, 1.25)
 PROBE_PROMPT_TOKENS, PROBE_OUTPUT_TOKENS = 64, 32  # short-answer probes (evaluate.probes); output capped by probe_max_tokens
 JUDGE_TEMPLATE_TOKENS, JUDGE_OUTPUT_TOKENS = 150, 16
 
@@ -105,89 +66,6 @@ class Estimate:
 
 
 # ---------------------------------------------------------------------------------------------
-# Parameters per device: DEFAULTS <- hardware.yaml `defaults` <- calibration file
-
-
-def check_calibration(data: dict, source: str = "calibration") -> dict:
-    """Validate a calibration mapping ({"devices": {KEY: {PARAM: value}}}); one-line UserErrors."""
-    if not isinstance(data, dict) or not isinstance(data.get("devices"), dict):
-        raise UserError(f"{source}: expected a mapping with a `devices:` section")
-    for dev, params in data["devices"].items():
-        with _at(f"devices.{dev}", source):
-            catalog.hardware(dev)
-        if not isinstance(params, dict):
-            raise UserError(f"{source}: devices.{dev}: expected a mapping of parameters")
-        for k, v in params.items():
-            if k == "fitted_from":
-                continue
-            if k not in FITTABLE:
-                raise UserError(f"{source}: devices.{dev}.{k}: not a fittable parameter (known: {', '.join(FITTABLE)})")
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-                raise UserError(f"{source}: devices.{dev}.{k}: expected a positive number, got {v!r}")
-    return data
-
-
-def params_for(device: catalog.Device, calibration: dict | None) -> tuple[dict, bool]:
-    """(parameters, calibrated?) for one device."""
-    p = dict(DEFAULTS)
-    p.update(device.defaults)
-    fitted = ((calibration or {}).get("devices") or {}).get(device.key) or {}
-    p.update({k: float(v) for k, v in fitted.items() if k in FITTABLE})
-    return p, bool(fitted)
-
-
-@contextlib.contextmanager
-def _at(key: str, source: str | None = None):
-    """Prefix UserErrors raised inside with the YAML path (and file) they belong to."""
-    try:
-        yield
-    except UserError as e:
-        raise UserError(f"{source + ': ' if source else ''}{key}: {e}") from None
-
-
-def _range(api_usd: float, device_usd: float, calibrated: bool) -> tuple[float, float]:
-    lo, hi = CALIBRATED_RANGE if calibrated else DEVICE_RANGE
-    return api_usd * API_RANGE[0] + device_usd * lo, api_usd * API_RANGE[1] + device_usd * hi
-
-
-# ---------------------------------------------------------------------------------------------
-# Workload: what the YAML asks for, in tokens
-
-
-@dataclass(frozen=True)
-class Workload:
-    requests: float  # teacher requests
-    prompt_per_request: float
-    output_per_request: float
-    kept: float  # examples kept (train + held-out)
-    trained: float  # examples the student trains on
-    tokens_per_example: float  # prompt + completion as trained
-
-
-def workload(cfg: Pipeline) -> Workload:
-    d, g = cfg.data, cfg.generate
-    prompt = d.prompt_tokens or 60.0
-    completion = d.completion_tokens or 130.0
-    trained = g.examples * (1 - g.held_out_fraction)
-    if g.mode == "none":
-        return Workload(0, 0, 0, g.examples, trained, prompt + completion)
-    if g.mode == "self-instruct":
-        per_request, keep = d.examples_per_request or 16.0, d.keep_rate or 0.3
-        req_prompt = d.request_prompt_tokens or 510.0
-        generated = d.generated_tokens_per_example or (prompt + completion)
-    else:  # respond: one instruction in, one answer out
-        per_request, keep = d.examples_per_request or 1.0, d.keep_rate or 1.0
-        req_prompt = d.request_prompt_tokens or prompt
-        generated = d.generated_tokens_per_example or completion
-    # A response stops at generate.max_tokens: fewer candidates per response, or shorter answers.
-    per_request = min(per_request, max(1.0, g.max_tokens / generated))
-    candidates = g.examples / keep
-    requests = candidates / per_request
-    output = min(per_request * generated, g.max_tokens)
-    return Workload(requests, req_prompt, output, g.examples, trained, prompt + completion)
-
-
-# ---------------------------------------------------------------------------------------------
 # Stages
 
 
@@ -201,20 +79,20 @@ def _generation(name: str, key: str, teacher, requests: float, prompt: float, ou
     if requests <= 0:
         return StageEstimate(name, 0, 0, 0, 0, 0, "none", {**tokens, "note": "nothing to generate"})
     if api:
-        with _at(f"{key}.model", source):
+        with at_key(f"{key}.model", source):
             price = catalog.api_price(teacher.model, year)
         usd = price.usd(tokens["prompt_tokens"], tokens["output_tokens"])
         p = DEFAULTS
         wall = api_wall_s(requests, output, teacher.max_concurrency * max(1, len(teacher.base_urls)), p)
-        lo, hi = _range(usd, 0, False)
+        lo, hi = usd_range(usd, 0, False)
         detail = {**tokens, "usd_per_1m_input": price.input_usd_per_m, "usd_per_1m_output": price.output_usd_per_m}
         if price.note:
             detail["note"] = price.note
         return StageEstimate(name, usd, 0.0, wall / 3600, lo, hi, f"api:{price.model}", detail)
-    with _at(f"{key}.model", source):
+    with at_key(f"{key}.model", source):
         shape = catalog.model_shape(teacher.model)
     hw_key = f"{key}.hardware" if hardware is None else "evaluate.hardware"
-    with _at(f"{hw_key}.gpu", source):
+    with at_key(f"{hw_key}.gpu", source):
         device = catalog.hardware(hw.gpu)
         rate = catalog.usd_per_device_hour(hw.gpu, year, hw.spot)
     p, calibrated = params_for(device, calibration)
@@ -228,7 +106,7 @@ def _generation(name: str, key: str, teacher, requests: float, prompt: float, ou
                         f"for a KV cache: use more devices or a bigger GPU") from None
     gpu_hours = t.wall_s * hw.count / 3600
     usd = gpu_hours * rate
-    lo, hi = _range(0, usd, calibrated)
+    lo, hi = usd_range(0, usd, calibrated)
     detail = {**tokens, "num_devices": hw.count, "usd_per_device_hour": rate, "tokens_per_s": t.output_tokens_per_s,
               "tensor_parallel": t.tp, "replicas": t.replicas, "batch": round(t.batch, 1), "decode_bound": t.bound,
               "startup_s": t.startup_s, "prefill_s": t.prefill_s, "decode_s": t.decode_s, "calibrated": calibrated}
@@ -244,22 +122,25 @@ def generate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
     return st
 
 
+def train_job(cfg: Pipeline, w: Workload) -> TrainJob:
+    f = cfg.finetune
+    return TrainJob(method=f.method, examples=w.trained, tokens_per_example=w.tokens_per_example, epochs=f.epochs,
+                    max_length=f.max_length, packing=f.packing, padding=f.padding, length_sigma=cfg.data.length_sigma,
+                    micro_batch=f.batch_size, grad_accum=f.gradient_accumulation, recompute=f.gradient_checkpointing,
+                    zero_stage=f.zero_stage, offload=f.cpu_offload, save_steps=f.save_steps, lora_r=f.lora_r,
+                    lora_modules=len(f.lora_targets))
+
+
 def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> StageEstimate:
     f, hw, w = cfg.finetune, cfg.finetune.hardware, workload(cfg)
-    with _at("student.model", source):
+    with at_key("student.model", source):
         shape = catalog.model_shape(cfg.student.model)
-    with _at("finetune.hardware.gpu", source):
+    with at_key("finetune.hardware.gpu", source):
         device = catalog.hardware(hw.gpu)
         rate = catalog.usd_per_device_hour(hw.gpu, year, hw.spot)
     p, calibrated = params_for(device, calibration)
-    modules = len(f.lora_target_modules) if f.lora_target_modules else 2
     try:
-        t = finetune_time(shape, device, hw.count, method=f.method, examples=w.trained, epochs=f.epochs,
-                          tokens_per_example=w.tokens_per_example, max_length=f.max_length, packing=f.packing,
-                          padding=f.padding, length_sigma=cfg.data.length_sigma, micro_batch=f.batch_size,
-                          grad_accum=f.gradient_accumulation, recompute=f.gradient_checkpointing,
-                          zero_stage=f.zero_stage, offload=f.cpu_offload, save_steps=f.save_steps,
-                          lora_r=f.lora_r, lora_modules=modules, p=p)
+        t = finetune_time(shape, device, hw.count, train_job(cfg, w), p)
     except NoFit as e:
         cheaper = {"full": " or method: lora/qlora", "lora": " or method: qlora", "qlora": ""}
         tried = "gradient checkpointing, micro-batch 1"
@@ -271,7 +152,7 @@ def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
                         f"{cheaper[f.method]}") from None
     gpu_hours = t.wall_s * hw.count / 3600
     usd = gpu_hours * rate
-    lo, hi = _range(0, usd, calibrated)
+    lo, hi = usd_range(0, usd, calibrated)
     per_token = 6 if f.method == "full" else 4  # the published MFU convention: 6N full, 4N LoRA
     peak_s = hw.count * device.peak_flops * t.wall_s
     detail = {
@@ -289,8 +170,8 @@ def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
 def evaluate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> StageEstimate:
     """Eval outputs of base, student (self-hosted) and teacher, plus judge tokens (both orders)."""
     e = cfg.evaluate
-    completion = min((cfg.data.completion_tokens or 130.0), e.max_tokens)
-    prompt = cfg.data.prompt_tokens or 60.0
+    completion = min((cfg.data.completion_tokens or ALPACA.completion_tokens), e.max_tokens)
+    prompt = cfg.data.prompt_tokens or ALPACA.prompt_tokens
     n_req = e.examples + e.probes
     if n_req == 0:
         return StageEstimate("evaluate", 0, 0, 0, 0, 0, "none", {"note": "evaluate.examples and probes are 0"})
@@ -299,7 +180,7 @@ def evaluate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
     inp = (e.examples * prompt + e.probes * PROBE_PROMPT_TOKENS) / n_req
     local = cfg.teacher.model_copy(update={"model": cfg.student.model, "backend": "vllm"})
     hw = e.hardware or (cfg.teacher.hardware if cfg.teacher.backend != "openai" else cfg.finetune.hardware)
-    chunk = generations.CHUNK  # the stage hands each model its prompts this many at a time
+    chunk = e.requests_per_batch  # the stage hands each model its prompts this many at a time
     parts = [_generation("evaluate", "student", local, n_req, inp, out, year, calibration, source, hw, chunk),  # base
              _generation("evaluate", "student", local, n_req, inp, out, year, calibration, source, hw, chunk),
              _generation("evaluate", "teacher", cfg.teacher, n_req, inp, out, year, calibration, source,
@@ -320,7 +201,7 @@ def estimate_pipeline(cfg: Pipeline, *, prices_year: int | None = None, calibrat
                       source: str | None = None) -> Estimate:
     """Predict every stage of `cfg`. `source` (the YAML path) prefixes error messages."""
     year = prices_year or cfg.prices
-    with _at("--prices" if prices_year else "prices", source):
+    with at_key("--prices" if prices_year else "prices", source):
         catalog.prices(year)
     if calibration is not None:
         check_calibration(calibration)
@@ -331,3 +212,8 @@ def estimate_pipeline(cfg: Pipeline, *, prices_year: int | None = None, calibrat
     if ft.get("adjusted"):
         notes.append(f"finetune: the configured setup does not fit in memory; estimated with {', '.join(ft['adjusted'])}")
     return Estimate(cfg.name, year, stages, notes, any(s.detail.get("calibrated") for s in stages))
+
+
+def stage_usd(est: dict, *names: str) -> float:
+    """Dollars of the named stages in an estimate's dict form (Estimate.to_dict())."""
+    return sum(s["usd"] for s in est["stages"] if s["name"] in names)

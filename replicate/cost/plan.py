@@ -17,9 +17,10 @@ import math
 from dataclasses import dataclass
 
 from replicate.cost import catalog
-from replicate.cost.training import NoFit, finetune_time
 from replicate.cost.generation import NoFitInference, api_wall_s, selfhosted_time
-from replicate.cost.estimate import DEFAULTS, params_for
+from replicate.cost.params import DEFAULTS, params_for
+from replicate.cost.training import NoFit, TrainJob, finetune_time
+from replicate.cost.workload import ALPACA
 from replicate.errors import UserError
 
 STUDENTS = ("smollm2-135m", "smollm2-360m", "qwen2.5-0.5b", "llama-3.2-1b", "qwen2.5-1.5b", "smollm2-1.7b",
@@ -29,9 +30,8 @@ EXAMPLES = (1_000, 2_000, 5_000, 10_000, 20_000, 52_000, 100_000, 200_000, 500_0
 METHODS = ("full", "lora", "qlora")
 COUNTS = (1, 2, 4, 8, 16)
 METHOD_BONUS = {"full": 0.05, "lora": 0.0, "qlora": -0.02}
-# The data every candidate trains on: Alpaca-like self-instruct rows (docs/cost-model.md).
-PROMPT, COMPLETION, EPOCHS, MAX_LEN, MICRO_BATCH = 60.0, 130.0, 3, 512, 8
-REQ_PROMPT, PER_REQUEST, KEEP = 510.0, 16.0, 0.3
+# Every candidate trains on Alpaca-like self-instruct rows (cost/workload.py ALPACA), 3 epochs,
+# max_length 512, micro-batch 8: the TrainJob defaults.
 
 
 @dataclass
@@ -60,11 +60,11 @@ def _generation_costs(teacher: str, year: int) -> dict[int, tuple[float, float]]
     if not api:
         shape = catalog.model_shape(teacher)  # UserError names the unknown teacher
     for n in EXAMPLES:
-        requests = n / KEEP / PER_REQUEST
-        tokens_out = PER_REQUEST * (PROMPT + COMPLETION)
+        requests = n / ALPACA.keep_rate / ALPACA.examples_per_request
+        tokens_out = ALPACA.examples_per_request * (ALPACA.prompt_tokens + ALPACA.completion_tokens)
         if api:
             price = catalog.api_price(teacher, year)
-            out[n] = (price.usd(requests * REQ_PROMPT, requests * tokens_out),
+            out[n] = (price.usd(requests * ALPACA.request_prompt_tokens, requests * tokens_out),
                       api_wall_s(requests, tokens_out, 16, DEFAULTS) / 3600)
             continue
         best = None
@@ -73,7 +73,7 @@ def _generation_costs(teacher: str, year: int) -> dict[int, tuple[float, float]]
             p, _ = params_for(device, None)
             for count in (1, 2, 4, 8):
                 try:
-                    t = selfhosted_time(shape, device, count, requests=requests, prompt_tokens=REQ_PROMPT,
+                    t = selfhosted_time(shape, device, count, requests=requests, prompt_tokens=ALPACA.request_prompt_tokens,
                                         output_tokens=tokens_out, p=p)
                 except NoFitInference:
                     continue
@@ -108,12 +108,9 @@ def candidates(budget: float, year: int, teacher: str) -> tuple[list[Option], in
                     for count in COUNTS:
                         costed += 1
                         try:
-                            t = finetune_time(shape, dev, count, method=method, examples=n, epochs=EPOCHS,
-                                              tokens_per_example=PROMPT + COMPLETION, max_length=MAX_LEN,
-                                              packing=False, padding="longest", length_sigma=0.6,
-                                              micro_batch=MICRO_BATCH, grad_accum=1, recompute=False,
-                                              zero_stage=3, offload=False, save_steps=10**9, lora_r=16,
-                                              lora_modules=2, p=params[gpu])
+                            job = TrainJob(method=method, examples=n, zero_stage=3, lora_r=16,
+                                           tokens_per_example=ALPACA.prompt_tokens + ALPACA.completion_tokens)
+                            t = finetune_time(shape, dev, count, job, params[gpu])
                         except NoFit:
                             continue
                         ft_usd = t.wall_s * count / 3600 * rate

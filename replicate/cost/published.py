@@ -9,15 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from replicate import files
 from replicate.config import load_pipeline
 from replicate.cost.estimate import estimate_pipeline
+from replicate.tables import fixed, num
 
-PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "published"
+NR = "n/r"  # not reported by the source
+
+def published_dir() -> Path:
+    return files.shipped("pipelines") / "published"
 
 
 def rows() -> list[dict]:
     out = []
-    for path in sorted(PUBLISHED_DIR.glob("*.yaml")):
+    for path in sorted(published_dir().glob("*.yaml")):
         cfg = load_pipeline(path)
         est = estimate_pipeline(cfg, source=str(path))
         ft, pub = est.stage("finetune"), cfg.published
@@ -32,19 +37,15 @@ def rows() -> list[dict]:
     return out
 
 
-def _f(x, fmt: str) -> str:
-    return "n/r" if x is None else format(x, fmt)
-
-
 def markdown() -> str:
     lines = [("| run | student, method, hardware | wall published (h) | wall predicted (h) | ratio | GPU-h published "
               "| GPU-h predicted | $ published | $ predicted (prices) | predicted MFU | padded/real tokens |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows():
         lines.append(
-            f"| {r['name']} | {r['setup']} | {_f(r['published_wall_hours'], '.2f')} | {r['wall_hours']:.2f} "
-            f"| {_f(r['wall_ratio'], '.2f')} | {_f(r['published_gpu_hours'], '.0f')} | {r['gpu_hours']:.1f} "
-            f"| {_f(r['published_usd'], ',.0f')} | {r['usd']:,.0f} ({r['prices']}) | {r['mfu']:.1%} "
+            f"| {r['name']} | {r['setup']} | {fixed(r['published_wall_hours'], 2, NR)} | {r['wall_hours']:.2f} "
+            f"| {fixed(r['wall_ratio'], 2, NR)} | {fixed(r['published_gpu_hours'], 0, NR)} | {r['gpu_hours']:.1f} "
+            f"| {num(r['published_usd'], 1, NR)} | {r['usd']:,.0f} ({r['prices']}) | {r['mfu']:.1%} "
             f"| {r['padding']:.2f} |")
     return "\n".join(lines)
 

@@ -81,11 +81,35 @@ def flops_per_token(shape: ModelShape, method: str, recompute: bool, seq_len: fl
     return dense + 3 * attn_fwd
 
 
-def finetune_time(shape: ModelShape, device: Device, count: int, *, method: str, examples: float,
-                  epochs: float, tokens_per_example: float, max_length: int, packing: bool, padding: str,
-                  length_sigma: float, micro_batch: int, grad_accum: int, recompute: bool, zero_stage: int,
-                  offload: bool, save_steps: int, lora_r: int, lora_modules: int, p: dict) -> TrainTime:
-    mean_len = min(tokens_per_example, max_length)
+@dataclass(frozen=True)
+class TrainJob:
+    """What one fine-tuning run does, in the cost model's terms (the defaults are config.Finetune's)."""
+
+    method: str = "lora"  # full | lora | qlora
+    examples: float = 52000  # trained rows (held-out rows apart)
+    tokens_per_example: float = 190  # prompt + completion, before padding
+    epochs: float = 3
+    max_length: int = 512
+    packing: bool = False
+    padding: str = "longest"  # longest | max_length (without packing)
+    length_sigma: float = 0.6  # spread of example lengths (lognormal sigma): padding waste
+    micro_batch: int = 8
+    grad_accum: int = 1
+    recompute: bool = False  # activation (gradient) checkpointing
+    zero_stage: int = 0
+    offload: bool = False
+    save_steps: int = 10**9  # optimizer steps between checkpoints
+    lora_r: int = 8
+    lora_modules: int = 2  # adapted matrices per layer
+
+
+def finetune_time(shape: ModelShape, device: Device, count: int, job: TrainJob, p: dict) -> TrainTime:
+    """Seconds (and the regime behind them) of `job` on `count` x `device`; raises NoFit."""
+    method, examples, epochs, max_length = job.method, job.examples, job.epochs, job.max_length
+    packing, padding, micro_batch, grad_accum = job.packing, job.padding, job.micro_batch, job.grad_accum
+    length_sigma, save_steps, lora_r, lora_modules = job.length_sigma, job.save_steps, job.lora_r, job.lora_modules
+    recompute, zero_stage, offload = job.recompute, job.zero_stage, job.offload
+    mean_len = min(job.tokens_per_example, max_length)
     if packing:  # rows of max_length filled end to end: no padding
         sequences, seq_len = math.ceil(examples * mean_len / max_length), float(max_length)
     else:

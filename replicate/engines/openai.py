@@ -20,8 +20,8 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from replicate.errors import UserError
 from replicate.engines.base import Backend, Completion, Feed, Request, Sampling, cut_at_stop
+from replicate.errors import UserError
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 MAX_BACKOFF_S = 60.0
@@ -31,7 +31,7 @@ class Unreachable(UserError):
     """The server could not be reached (or kept failing) after every retry."""
 
 
-class OpenAITeacher(Backend):
+class OpenAIEngine(Backend):
     name = "openai"
 
     def __init__(self, model: str, *, base_urls: list[str], api_key_env: str = "OPENAI_API_KEY",
@@ -51,7 +51,7 @@ class OpenAITeacher(Backend):
         self.backoff_s = backoff_s
 
     def __repr__(self) -> str:  # the key never appears, not even in a debugger's repr
-        return f"OpenAITeacher(model={self.model!r}, base_urls={self.base_urls!r})"
+        return f"OpenAIEngine(model={self.model!r}, base_urls={self.base_urls!r})"
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text

@@ -13,12 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from replicate.config import Evaluate, Pipeline
+from replicate.cost import catalog
 from replicate.errors import UserError
-from replicate.evaluate.items import user_message
-from replicate.meter import append_jsonl, read_jsonl
-from replicate.prompts import alpaca_prompt
-
-CHUNK = 32  # prompts per engine call: enough to keep the engine's batch full, small enough to resume
+from replicate.files import append_jsonl, read_jsonl
+from replicate.prompts import alpaca_prompt, user_message
 
 
 @dataclass
@@ -102,19 +100,10 @@ def prompt_text(c: Contender, tok, item: dict) -> str:
 
 def usd_per_device_hour(cfg: Pipeline) -> float:
     """Price of the device the evaluation runs on (evaluate.hardware, else the teacher's)."""
-    from replicate.cost import catalog
+
 
     hw = cfg.evaluate.hardware or cfg.teacher.hardware
     return catalog.usd_per_device_hour(hw.gpu, cfg.prices, hw.spot) * hw.count
-
-
-def api_usd(model: str, year: int, prompt_tokens: int, output_tokens: int) -> float:
-    """Per-token price of a hosted model; 0 for a local OpenAI-compatible server without a price."""
-    from replicate.cost import catalog
-
-    if not catalog.has_api_price(model, year):
-        return 0.0
-    return catalog.api_price(model, year).usd(prompt_tokens, output_tokens)
 
 
 @contextlib.contextmanager
@@ -139,16 +128,18 @@ class Generations:
 
 
 def _open_backend(c: Contender, cfg: Pipeline):
-    from replicate.engines.base import TransformersTeacher, VLLMTeacher, open_teacher
+    from replicate.engines import open_engine
+    from replicate.engines.hf import HFEngine
+    from replicate.engines.vllm import VLLMEngine
 
     try:
         if c.role == "teacher":
-            return open_teacher(cfg.teacher)
+            return open_engine(cfg.teacher)
         if c.backend == "vllm":
-            return VLLMTeacher(c.path, chat=c.chat, max_model_len=c.max_len, seed=cfg.evaluate.seed,
+            return VLLMEngine(c.path, chat=c.chat, max_model_len=c.max_len, seed=cfg.evaluate.seed,
                                trust_remote_code=c.trust_remote_code, max_in_flight=64)
         elif c.backend == "transformers":
-            return TransformersTeacher(c.path, chat=c.chat, trust_remote_code=c.trust_remote_code)
+            return HFEngine(c.path, chat=c.chat, trust_remote_code=c.trust_remote_code)
     except RuntimeError as e:  # vLLM's "Engine core initialization failed" (the cause is in its log above)
         raise UserError(f"could not start the {c.backend} engine for the {c.role} ({c.ref}): {str(e).splitlines()[0]}"
                         " -- often too little free memory: stop other engines, lower VLLM_CPU_KVCACHE_SPACE, "
@@ -190,7 +181,7 @@ def generate_all(cons: list[Contender], opens: list[dict], probes: list[dict], c
     Engines are started only for models with work left, one at a time, and closed after use."""
     from transformers import AutoTokenizer
 
-    from replicate.engines.base import Sampling
+    from replicate.engines import Sampling
 
     ev = cfg.evaluate
     gen = Generations()
@@ -213,8 +204,9 @@ def generate_all(cons: list[Contender], opens: list[dict], probes: list[dict], c
             bar.update(task, completed=len(jobs) - len(todo))
             for kind in ("open", "probe"):
                 part = [(it, s) for k, it, s in todo if k == kind]
-                for i in range(0, len(part), CHUNK):
-                    chunk = part[i:i + CHUNK]
+                step = cfg.evaluate.requests_per_batch
+                for i in range(0, len(part), step):
+                    chunk = part[i:i + step]
                     runnable = []
                     for it, s in chunk:
                         if tok is not None and _prompt_len(c, tok, it) >= c.max_len:
@@ -236,7 +228,7 @@ def generate_all(cons: list[Contender], opens: list[dict], probes: list[dict], c
                             gen.prompt_tokens += o.prompt_tokens
                             gen.output_tokens += o.output_tokens
                             if c.backend == "openai":
-                                gen.api_usd += api_usd(c.ref, cfg.prices, o.prompt_tokens, o.output_tokens)
+                                gen.api_usd += catalog.api_usd(c.ref, cfg.prices, o.prompt_tokens, o.output_tokens)
                     bar.advance(task, len(chunk))
         finally:
             if c.role == "teacher" and backend is not None and backend is not teacher_backend \

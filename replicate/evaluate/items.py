@@ -9,8 +9,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from replicate.config import Evaluate, jsonl_rows
+from replicate.config import Evaluate
 from replicate.errors import UserError
+from replicate.files import jsonl_rows
 
 EVAL_DATA = Path(__file__).resolve().parent.parent / "data" / "eval"
 INSTRUCTIONS = EVAL_DATA / "instructions.jsonl"
@@ -77,8 +78,3 @@ def probe_items(ev: Evaluate) -> list[dict]:
         if not r["answers"]:
             raise UserError(f"{path}: probe {r['id']} has no accepted answer")
     return stratified(rows, ev.probes, "category", ev.seed)
-
-
-def user_message(instruction: str, input: str = "") -> str:
-    """What a chat model sees as the user turn: the instruction, then the input after a blank line."""
-    return f"{instruction}\n\n{input}" if input and input.strip() else instruction

@@ -14,8 +14,8 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from replicate.meter import append_jsonl, read_jsonl
 from replicate.evaluate.metrics import parse_verdict, vote_preference
+from replicate.files import append_jsonl, read_jsonl
 
 JUDGE_TEMPLATE = """You compare two responses to the same instruction and decide which one is better: more \
 helpful, correct and relevant to the instruction. Do not prefer a response just because it is longer.

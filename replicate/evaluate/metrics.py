@@ -17,36 +17,6 @@ import numpy as np
 # ------------------------------------------------------------------ output fidelity
 
 
-def rouge_tokens(text: str) -> list[str]:
-    """rouge_score's default tokenizer (no stemming): lowercase, non-[a-z0-9] -> space, split."""
-    return [t for t in re.split(r"\s+", re.sub(r"[^a-z0-9]+", " ", text.lower())) if t]
-
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Longest common subsequence length, one DP row at a time (O(len(a)*len(b)) time, O(len(b)) memory)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l_f(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 in [0, 1], as `RougeScorer(["rougeL"]).score(reference, prediction).fmeasure`."""
-    p, r = rouge_tokens(prediction), rouge_tokens(reference)
-    if not p or not r:
-        return 0.0
-    lcs = lcs_length(r, p)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(p), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
-
-
 def chrf(prediction: str, reference: str, char_order: int = 6, beta: float = 2.0) -> float:
     """Sentence chrF in [0, 100], as `sacrebleu.metrics.CHRF().sentence_score(pred, [ref]).score`.
 

@@ -1,24 +1,43 @@
 """The evaluate stage's model-based scores: embedding cosine (MiniLM), teacher-forced token
-fidelity (transformers) and the pairwise judge (any teacher.py backend). Each fills per-item arrays
-(nan = undefined) in `per_item[metric][role]` and returns a note for scores.json's `counts`.
+fidelity (transformers) and the pairwise judge (any engine). Each fills per-item arrays
+(nan = undefined) in `s.per_item[metric][role]` and returns a note for scores.json's `counts`.
 """
 from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from replicate.config import Evaluate, Pipeline
-from replicate.evaluate.items import user_message
-from replicate.evaluate.generations import Contender, api_usd, prompt_text
-from replicate.meter import append_jsonl, read_jsonl
+from replicate.config import Pipeline
+from replicate.cost.catalog import api_usd
+from replicate.evaluate.generations import Contender, prompt_text
+from replicate.files import append_jsonl, read_jsonl
+from replicate.prompts import user_message
 
 
-def embedding_scores(ev: Evaluate, outputs, ref: list[str], valid: np.ndarray, per_item: dict, bar) -> str:
+@dataclass
+class Scoring:
+    """One evaluation's items and outputs, which every scorer reads, and the per-item scores they fill."""
+
+    cfg: Pipeline
+    cons: list[Contender]  # base, student, teacher
+    opens: list[dict]  # open instructions
+    probes: list[dict]  # short-answer capability probes
+    outputs: dict  # role -> {"open": [text or None], "probe": [text or None]}
+    ref: list[str]  # the teacher's open outputs: the reference of fidelity metrics
+    valid: np.ndarray  # open items scorable against the reference
+    out_dir: Path
+    bar: object  # rich Progress
+    per_item: dict = field(default_factory=dict)  # metric -> role -> array over items (nan = undefined)
+
+
+def embedding_scores(s: Scoring) -> str:
     from replicate.evaluate import embed
 
+    ev, outputs, ref, valid, per_item, bar = s.cfg.evaluate, s.outputs, s.ref, s.valid, s.per_item, s.bar
     if not ev.embedding:
         return "off (evaluate.embedding: false)"
     path = embed.model_path()
@@ -37,12 +56,13 @@ def embedding_scores(ev: Evaluate, outputs, ref: list[str], valid: np.ndarray, p
     return f"all-MiniLM-L6-v2 from {path}"
 
 
-def token_scores(cfg: Pipeline, cons: list[Contender], opens: list[dict], ref: list[str], valid: np.ndarray,
-                 per_item: dict, out_dir: Path, bar) -> dict:
+def token_scores(s: Scoring) -> dict:
     """Teacher-forced NLL, top-1 agreement and KL on the first `token_fidelity_examples` scorable
     open items; each item's numbers are appended to eval/token_fidelity.jsonl, so a rerun resumes."""
     from replicate.evaluate import token_fidelity
 
+    cfg, cons, opens, ref, valid, per_item, out_dir, bar = (s.cfg, s.cons, s.opens, s.ref, s.valid, s.per_item,
+                                                            s.out_dir, s.bar)
     k = cfg.evaluate.token_fidelity_examples
     teacher = next(c for c in cons if c.role == "teacher")
     if k == 0:
@@ -93,13 +113,14 @@ def token_scores(cfg: Pipeline, cons: list[Contender], opens: list[dict], ref: l
     return note
 
 
-def judge_scores(cfg: Pipeline, opens: list[dict], outputs, ref: list[str], valid: np.ndarray, per_item: dict,
-                 out_dir: Path, bar, backend=None) -> dict:
+def judge_scores(s: Scoring, backend=None) -> dict:
     """Win rate of base and student over the teacher's outputs (the teacher against itself: 0.5).
     `backend`: an open engine to judge with (the teacher's, when the judge is the teacher); kept open."""
+    from replicate.engines import Sampling, open_engine
     from replicate.evaluate.judge import judge_pairs
-    from replicate.engines.base import Sampling, open_teacher
 
+    cfg, opens, outputs, ref, valid, per_item, out_dir, bar = (s.cfg, s.opens, s.outputs, s.ref, s.valid,
+                                                               s.per_item, s.out_dir, s.bar)
     jcfg, ev = cfg.evaluate.judge, cfg.evaluate
     if jcfg is None:
         return {"note": "no judge configured (evaluate.judge)"}
@@ -113,7 +134,7 @@ def judge_scores(cfg: Pipeline, opens: list[dict], outputs, ref: list[str], vali
     try:
         def complete(prompts: list[str]):
             nonlocal backend
-            backend = backend or open_teacher(jcfg)
+            backend = backend or open_engine(jcfg)
             msgs = [[{"role": "user", "content": p}] if backend.chat else p for p in prompts]
             outs = backend.complete(msgs, Sampling(max_tokens=ev.judge_max_tokens, temperature=0.0, seed=ev.seed))
             return [(o.text, o.prompt_tokens, o.output_tokens) for o in outs]

@@ -13,23 +13,21 @@ Metric definitions: docs/evaluation.md.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from replicate import meter
-from replicate.evaluate import generations
-from replicate.evaluate import model_scores
-from replicate.evaluate import metrics as M
-from replicate.config import Pipeline, Student, Teacher, load_pipeline, parse_pipeline
+from replicate import files, meter
+from replicate.config import Pipeline
 from replicate.errors import UserError
-from replicate.evaluate.items import open_items, probe_items, user_message
+from replicate.evaluate import generations, model_scores
+from replicate.evaluate import metrics as M
+from replicate.evaluate.items import open_items, probe_items
+from replicate.evaluate.model_scores import Scoring
 from replicate.evaluate.scores import ROLES, SPEC, build_scores
-from replicate.evaluate.summary import print_summary, summary_markdown
+from replicate.prompts import user_message
+from replicate.rouge import rouge_l_f
 
 
 def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = None,
@@ -51,18 +49,18 @@ def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = Non
         gen = generations.generate_all(cons, opens, probes, cfg, out_dir, bar, teacher_backend=teacher)
         m.add(prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens)
         m.add_usd(gen.api_usd)
-        per_item: dict[str, dict[str, np.ndarray]] = {}
         ref, valid = reference(gen.outputs)
+        sc = Scoring(cfg, cons, opens, probes, gen.outputs, ref, valid, out_dir, bar)
         # The judge first: when it is the teacher, the teacher's engine is still up; free it before
         # the scoring models load.
         judge_backend = gen.teacher_backend or (teacher if generations.judge_is_teacher(cfg) else None)
         try:
-            judge = model_scores.judge_scores(cfg, opens, gen.outputs, ref, valid, per_item, out_dir, bar,
-                                             backend=judge_backend)
+            judge = model_scores.judge_scores(sc, backend=judge_backend)
         finally:
             if gen.teacher_backend is not None:
                 gen.teacher_backend.close()
-        extra = score_items(cfg, cons, opens, probes, gen.outputs, ref, valid, per_item, out_dir, bar)
+        extra = score_items(sc)
+        per_item = sc.per_item
         extra["judge"] = judge
         m.add_usd(extra["judge"].get("usd", 0.0))
         lengths = {r: np.array([len(o or "") for o in gen.outputs[r]["open"]], float) for r in ROLES}
@@ -70,7 +68,7 @@ def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = Non
         scores = build_scores(per_item, {"open": len(opens), "probe": len(probes)}, ev.bootstrap_samples,
                               ev.seed, lengths)
         scores["bootstrap_s"] = round(time.perf_counter() - t0, 2)
-        scores.update(describe(cfg, cons, opens, probes, gen, extra, per_item))
+        scores.update(describe(sc, gen, extra))
         m.set(examples=len(opens), probes=len(probes), models=len(cons),
               judge_prompt_tokens=extra["judge"].get("prompt_tokens", 0),
               judge_output_tokens=extra["judge"].get("output_tokens", 0),
@@ -81,8 +79,7 @@ def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = Non
                           "prompt_tokens": int(m.fields.get("prompt_tokens", 0)),
                           "output_tokens": int(m.fields.get("output_tokens", 0))}
     # The ledger line is appended as the `with` closes; the done marker comes after it.
-    (out_dir / "summary.md").write_text(summary_markdown(scores))
-    write_json_atomic(out_dir / "scores.json", scores)  # LAST: its presence marks the stage done
+    files.write_json(out_dir / "scores.json", scores)  # LAST: its presence marks the stage done
     return scores
 
 
@@ -95,13 +92,14 @@ def reference(outputs) -> tuple[list[str], np.ndarray]:
     return [t or "" for t in teacher_open], valid
 
 
-def score_items(cfg, cons, opens, probes, outputs, ref, valid, per_item, out_dir, bar) -> dict:
+def score_items(s: Scoring) -> dict:
     """Fill per_item[metric][role] (nan = undefined for that item) for every metric but the judge's."""
-    for name, fn in (("rougeL_f", M.rouge_l_f), ("chrf", M.chrf)):
+    outputs, ref, valid, per_item, probes = s.outputs, s.ref, s.valid, s.per_item, s.probes
+    for name, fn in (("rougeL_f", rouge_l_f), ("chrf", M.chrf)):
         per_item[name] = {r: np.where(valid, [fn(o or "", t) for o, t in zip(outputs[r]["open"], ref)], np.nan)
                           for r in ROLES}
-    embed_note = model_scores.embedding_scores(cfg.evaluate, outputs, ref, valid, per_item, bar)
-    token_note = model_scores.token_scores(cfg, cons, opens, ref, valid, per_item, out_dir, bar)
+    embed_note = model_scores.embedding_scores(s)
+    token_note = model_scores.token_scores(s)
     pvalid = np.array([all(outputs[r]["probe"][i] is not None for r in ROLES) for i in range(len(probes))], bool)
     acc = {r: np.where(pvalid, [float(M.probe_correct(o or "", p)) for o, p in zip(outputs[r]["probe"], probes)],
                        np.nan) for r in ROLES}
@@ -115,8 +113,9 @@ def score_items(cfg, cons, opens, probes, outputs, ref, valid, per_item, out_dir
     return {"embedding": embed_note, "token": token_note, "teacher_empty": teacher_empty}
 
 
-def describe(cfg, cons, opens, probes, gen, extra, per_item) -> dict:
+def describe(s: Scoring, gen, extra: dict) -> dict:
     """The parts of scores.json that say what was measured and what was left out."""
+    cfg, cons, opens, probes, per_item = s.cfg, s.cons, s.opens, s.probes, s.per_item
     by_cat: dict[str, dict[str, float]] = {}
     for cat in sorted({p["category"] for p in probes}):
         ix = [i for i, p in enumerate(probes) if p["category"] == cat]
@@ -141,12 +140,6 @@ def describe(cfg, cons, opens, probes, gen, extra, per_item) -> dict:
     }
 
 
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=float))
-    os.replace(tmp, path)
-
-
 def _f(x):
     return None if x is None or not np.isfinite(x) else round(float(x), 6)
 
@@ -164,9 +157,7 @@ def write_samples(out_dir: Path, opens, probes, outputs, per_item) -> None:
                                  if r in v and (SPEC[m].items if m in SPEC else "probe") == kind}
                              for r in ROLES}
             rows.append(row)
-    tmp = out_dir / "samples.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    os.replace(tmp, out_dir / "samples.jsonl")
+    files.write_jsonl(out_dir / "samples.jsonl", rows)
 
 
 def write_alpaca_eval(out_dir: Path, opens, outputs, cons) -> None:
@@ -177,39 +168,4 @@ def write_alpaca_eval(out_dir: Path, opens, outputs, cons) -> None:
         rows = [{"instruction": user_message(it["instruction"], it["input"]), "output": outputs[role]["open"][i] or "",
                  "generator": f"{role}:{names[role]}", "dataset": f"replicate-{it['source']}"}
                 for i, it in enumerate(opens)]
-        write_json_atomic(out_dir / fname, rows)
-
-
-# ---------------------------------------------------------------------------- CLI
-
-def cli_evaluate(args: argparse.Namespace) -> int:
-    if args.pipeline:
-        cfg = load_pipeline(args.pipeline, args.overrides)
-        data = cfg.model_dump(mode="json", exclude_none=True)
-        if args.teacher:
-            data["teacher"]["model"] = args.teacher
-        if args.base:
-            data["student"]["model"] = args.base
-        cfg = parse_pipeline(data, args.pipeline)
-    else:
-        missing = [f"--{k}" for k in ("student", "teacher", "base") if not getattr(args, k)]
-        if missing:
-            raise UserError(f"evaluate: give a pipeline YAML, or all of --student, --teacher, --base "
-                            f"(missing {', '.join(missing)})")
-        data = Pipeline(name="evaluate", teacher=Teacher(model=args.teacher),
-                        student=Student(model=args.base)).model_dump(mode="json", exclude_none=True)
-        from replicate.config import set_dotted
-
-        for item in args.overrides:
-            if "=" not in item:
-                raise UserError(f"--set {item}: expected key=value")
-            k, v = item.split("=", 1)
-            set_dotted(data, k.strip(), v)
-        cfg = parse_pipeline(data, "--set")
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
-    scores = run_evaluate(cfg, run_dir, student_dir=Path(args.student) if args.student else None)
-    if args.json:
-        print(json.dumps(scores, indent=2, default=float))
-    else:
-        print_summary(scores)
-    return 0
+        files.write_json(out_dir / fname, rows)

@@ -1,4 +1,35 @@
-"""Stage 2: fine-tune the base student on the teacher's data with TRL."""
-from replicate.finetune.train import run_finetune
+"""Stage 2: fine-tune the base student on the teacher's Alpaca data with TRL (metered, resumable).
+
+    replicate finetune pipelines/tiny-cpu.yaml           # -> runs/<name>/student/
+    replicate finetune pipelines/tiny-cpu.yaml           # again: resumes from the last checkpoint
+
+train.py is one process's loop; with finetune.hardware.count > 1 launch.py starts that loop in
+every process under `accelerate launch`. data.py turns Alpaca rows into token batches,
+metering.py counts tokens, time and money, checks.py says whether it fits and where to resume.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from replicate import files
+from replicate.config import Pipeline
+from replicate.finetune.checks import in_distributed_worker
+from replicate.finetune.launch import launch_processes
+from replicate.finetune.train import check_method, train
 
 __all__ = ["run_finetune"]
+
+
+def run_finetune(cfg: Pipeline, run_dir: Path, *, train_file: Path | None = None,
+                 out_dir: Path | None = None, max_usd: float | None = None) -> dict:
+    """Train (or resume) and return the metrics; a finished stage returns its saved metrics."""
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir / "student"
+    train_file = Path(train_file) if train_file else run_dir / "data" / "train.jsonl"
+    done = out_dir / "train_metrics.json"
+    if done.is_file():
+        return files.read_json(done, "")
+    check_method(cfg.finetune.method)
+    if cfg.finetune.hardware.count > 1 and not in_distributed_worker():
+        return launch_processes(cfg, run_dir, train_file, out_dir, max_usd)
+    return train(cfg, run_dir, train_file, out_dir, max_usd)

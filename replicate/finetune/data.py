@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from replicate.config import jsonl_rows
 from replicate.errors import UserError
+from replicate.files import jsonl_rows
 from replicate.prompts import prompt_completion
 
 IGNORE = -100  # label of a position that contributes no loss (prompt, padding)

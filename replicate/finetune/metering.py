@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from replicate.meter import append_jsonl
+from replicate.files import append_jsonl
 
 
 @dataclass

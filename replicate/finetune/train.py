@@ -1,49 +1,25 @@
-"""Stage 2: fine-tune the base student on the teacher's Alpaca data with TRL (metered, resumable).
-
-    replicate finetune pipelines/tiny-cpu.yaml           # -> runs/<name>/student/
-    replicate finetune pipelines/tiny-cpu.yaml           # again: resumes from the last checkpoint
+"""The training loop of one process: data, model, TRL trainer, metered and resumable.
 
 Reads run_dir/data/train.jsonl; writes student/checkpoints/ while training, then student/adapter/
 (LoRA), student/merged/ (an HF folder vLLM serves) and LAST student/train_metrics.json (its
-presence = stage done). Every run or resumed chunk appends one ledger line. With
-finetune.hardware.count > 1 the same code runs under `accelerate launch` (finetune_launch.py).
+presence = stage done). Every run or resumed chunk appends one ledger line. Under `accelerate
+launch` (launch.py) every rank runs this same function.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
-from replicate import meter
+from replicate import files, meter
 from replicate.config import Pipeline
 from replicate.errors import BudgetExceeded, UserError, missing_extra
+from replicate.finetune.checks import check_memory, last_good_checkpoint
 from replicate.finetune.data import Collator, pack_examples, read_alpaca, tokenize_examples
-from replicate.finetune.launch import (
-    check_memory,
-    in_distributed_worker,
-    last_good_checkpoint,
-    launch_processes,
-)
 
-DEFAULT_LORA_TARGETS = ["q_proj", "v_proj"]  # Alpaca-LoRA's choice
 PACKABLE_ATTENTION = {"sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"}
-
-
-def run_finetune(cfg: Pipeline, run_dir: Path, *, train_file: Path | None = None,
-                 out_dir: Path | None = None, max_usd: float | None = None) -> dict:
-    """Train (or resume) and return the metrics; a finished stage returns its saved metrics."""
-    run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir else run_dir / "student"
-    train_file = Path(train_file) if train_file else run_dir / "data" / "train.jsonl"
-    done = out_dir / "train_metrics.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    check_method(cfg.finetune.method)
-    if cfg.finetune.hardware.count > 1 and not in_distributed_worker():
-        return launch_processes(cfg, run_dir, train_file, out_dir, max_usd)
-    return train(cfg, run_dir, train_file, out_dir, max_usd)
 
 
 def check_method(method: str) -> None:
@@ -93,21 +69,91 @@ def _score_loss_positions_only_on_cpu() -> None:
         trl_utils._use_triton = lambda device: True  # only the `compact` decision reads this name there
 
 
+@dataclass
+class TrainData:
+    """The tokenized rows one process trains on, and how they are batched."""
+
+    tokenizer: object
+    rows: list[dict]
+    stats: object  # finetune.data.DataStats: examples, too long, tokens
+    packed: bool
+    pad_to: int | None  # fixed batch width, or None (pad to the longest row of each batch)
+    hf_config: dict  # the student's config.json
+
+
+def prepare_data(cfg: Pipeline, model_dir: Path, train_file: Path) -> TrainData:
+    """Template, masks, EOS, length policy, packing (packed examples never attend to each other)."""
+    from transformers import AutoTokenizer
+
+    ft = cfg.finetune
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.student.trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # padding is masked out of attention and loss, so any id works
+    examples, stats = tokenize_examples(read_alpaca(train_file), tok, max_length=ft.max_length, too_long=ft.too_long)
+    packed = ft.packing and ft.attn_implementation in PACKABLE_ATTENTION
+    rows = pack_examples(examples, ft.max_length) if packed else examples
+    # Fixed-width batches where asked, and for compiled layers (a new width would mean a recompile).
+    pad_to = ft.max_length if (ft.padding == "max_length" and not packed) or ft.compile else None
+    hf_cfg = files.read_json(Path(model_dir) / "config.json", "the student folder has no config.json")
+    return TrainData(tok, rows, stats, packed, pad_to, hf_cfg)
+
+
+def load_model(cfg: Pipeline, model_dir: Path, bf16: bool):
+    """(model, peft LoraConfig or None, parameter count). fp32 master weights for full fine-tuning
+    (bf16 autocast on top); a frozen base in bf16 for LoRA (halves its memory; adapters stay fp32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ft = cfg.finetune
+    dtype = torch.float32 if (ft.method == "full" or not bf16) else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=ft.attn_implementation,
+                                                 trust_remote_code=cfg.student.trust_remote_code)
+    model.config.use_cache = False  # a KV cache would also switch off the packed-sequence mask detection
+    if ft.compile:
+        compile_layers(model)
+    peft_config = None
+    if ft.method != "full":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
+                                 target_modules=ft.lora_targets, task_type="CAUSAL_LM")
+    return model, peft_config, sum(p.numel() for p in model.parameters())
+
+
+def sft_config(cfg: Pipeline, out_dir: Path, bf16: bool, world: int):
+    """TRL's SFTConfig with everything explicit (TRL's defaults turn bf16 and gradient checkpointing on)."""
+    import torch
+    from trl import SFTConfig
+
+    ft = cfg.finetune
+    return SFTConfig(
+        output_dir=str(out_dir / "checkpoints"), num_train_epochs=ft.epochs, per_device_train_batch_size=ft.batch_size,
+        gradient_accumulation_steps=ft.gradient_accumulation, learning_rate=learning_rate(cfg),
+        lr_scheduler_type="cosine", warmup_steps=ft.warmup_ratio, weight_decay=0.0, bf16=bf16,
+        gradient_checkpointing=ft.gradient_checkpointing, max_length=ft.max_length, packing=False,
+        dataset_kwargs={"skip_prepare_dataset": True}, logging_steps=1, save_strategy="steps",
+        save_steps=ft.save_steps, save_total_limit=2, seed=ft.seed, data_seed=ft.seed, report_to=[],
+        disable_tqdm=True, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        ddp_find_unused_parameters=False if world > 1 else None,
+    )
+
+
+def learning_rate(cfg: Pipeline) -> float:
+    return cfg.finetune.learning_rate or (2e-5 if cfg.finetune.method == "full" else 2e-4)
+
+
 def train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd: float | None) -> dict:
     """One process's part of the training (all of it, or one rank under accelerate)."""
-    import torch
+    import torch  # noqa: F401 - before transformers, so the CPU/GPU choice below sees it
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils.logging import disable_progress_bar
-    from trl import SFTConfig
 
     from replicate import weights
     from replicate.finetune import metering
 
     ft = cfg.finetune
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     price, peak = device_info(cfg)
     model_dir = weights.resolve(cfg.student.model, trust_remote_code=cfg.student.trust_remote_code)
     # The chunk's clock starts now: loading, tokenizing and saving are paid device time too.
@@ -115,82 +161,35 @@ def train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd
     disable_progress_bar()  # transformers' loading bars; the stage draws one bar of its own
     _score_loss_positions_only_on_cpu()
 
-    # 1. Data: template, masks, EOS, length policy, packing (examples never attend to each other).
-    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.student.trust_remote_code)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token  # padding is masked out of attention and loss, so any id works
-    examples, stats = tokenize_examples(read_alpaca(train_file), tok, max_length=ft.max_length,
-                                        too_long=ft.too_long)
-    hf_cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    packed = ft.packing and ft.attn_implementation in PACKABLE_ATTENTION
-    rows = pack_examples(examples, ft.max_length) if packed else examples
-    # Fixed-width batches where asked, and for compiled layers (a new width would mean a recompile).
-    pad_to = ft.max_length if (ft.padding == "max_length" and not packed) or ft.compile else None
-
-    # 2. Will it fit? Checked before any weight is loaded (the cost model's memory arithmetic).
+    # 1. Data, then 2. will it fit? (checked before any weight is loaded), then 3. the model.
+    data = prepare_data(cfg, model_dir, train_file)
     bf16 = _bf16(ft)
-    longest = max(len(r["input_ids"]) for r in rows) if pad_to is None else ft.max_length
-    check_memory(cfg, hf_cfg, longest, world)
+    longest = max(len(r["input_ids"]) for r in data.rows) if data.pad_to is None else ft.max_length
+    check_memory(cfg, data.hf_config, longest, world)
+    model, peft_config, n_params = load_model(cfg, model_dir, bf16)
 
-    # 3. Model: fp32 master weights for full fine-tuning (bf16 autocast on top); a frozen base in
-    #    bf16 for LoRA (halves its memory; the adapters stay fp32).
-    dtype = torch.float32 if (ft.method == "full" or not bf16) else torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=ft.attn_implementation,
-                                                 trust_remote_code=cfg.student.trust_remote_code)
-    model.config.use_cache = False  # a KV cache would also switch off the packed-sequence mask detection
-    if ft.compile:
-        compile_layers(model)
-    n_params = sum(p.numel() for p in model.parameters())
-    peft_config = None
-    if ft.method != "full":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
-                                 target_modules=ft.lora_target_modules or DEFAULT_LORA_TARGETS, task_type="CAUSAL_LM")
-
-    # 4. Trainer: everything explicit (TRL's defaults turn bf16 and gradient checkpointing on).
-    lr = ft.learning_rate or (2e-5 if ft.method == "full" else 2e-4)
-    ckpt_dir = out_dir / "checkpoints"
-    args = SFTConfig(
-        output_dir=str(ckpt_dir), num_train_epochs=ft.epochs, per_device_train_batch_size=ft.batch_size,
-        gradient_accumulation_steps=ft.gradient_accumulation, learning_rate=lr, lr_scheduler_type="cosine",
-        warmup_steps=ft.warmup_ratio, weight_decay=0.0, bf16=bf16, gradient_checkpointing=ft.gradient_checkpointing,
-        max_length=ft.max_length, packing=False, dataset_kwargs={"skip_prepare_dataset": True},
-        logging_steps=1, save_strategy="steps", save_steps=ft.save_steps, save_total_limit=2,
-        seed=ft.seed, data_seed=ft.seed, report_to=[], disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0, ddp_find_unused_parameters=False if world > 1 else None,
-    )
+    # 4. Trainer: TRL's SFTTrainer, metered (tokens, time, money, budget stop, progress bar).
     tally = metering.Tally()
+    fpt = metering.flops_per_token(n_params, ft.method)
     meter_cb = metering.callback(
-        tally, flops_per_token=metering.flops_per_token(n_params, ft.method), peak_flops=peak,
-        usd_per_device_hour=price, world_size=world, steps_path=out_dir / "steps.jsonl", max_usd=max_usd,
-        started=chunk.t0, progress=rank == 0)
+        tally, flops_per_token=fpt, peak_flops=peak, usd_per_device_hour=price, world_size=world,
+        steps_path=out_dir / "steps.jsonl", max_usd=max_usd, started=chunk.t0, progress=rank == 0)
     trainer = metering.metered_trainer_class()(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-        data_collator=Collator(tok.pad_token_id, packed=packed, pad_to_multiple_of=pad_to),
+        model=model, args=sft_config(cfg, out_dir, bf16, world), train_dataset=Dataset.from_list(data.rows),
+        processing_class=data.tokenizer,
+        data_collator=Collator(data.tokenizer.pad_token_id, packed=data.packed, pad_to_multiple_of=data.pad_to),
         peft_config=peft_config, callbacks=[meter_cb])
     trainer.tally = tally
     for cb in (PrinterCallback, ProgressCallback):  # our bar replaces theirs
         trainer.remove_callback(cb)
 
     # 5. Train, resuming from the last complete checkpoint; one ledger line per run or chunk.
-    resume = last_good_checkpoint(ckpt_dir)
-    previous = _sigterm_as_interrupt()
-    try:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    except KeyboardInterrupt:  # a stop request: record what this chunk spent (local counts), then stop
-        if rank == 0 and hasattr(meter_cb, "t0"):
-            meter_cb.wall_s = meter_cb.elapsed()
-            _ledger(run_dir, chunk, meter_cb.summary(trainer.state, reduce=False), stats, interrupted=True)
-        raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    resume = run_trainer(trainer, meter_cb, run_dir, chunk, data.stats, out_dir / "checkpoints", rank)
     summary = meter_cb.summary(trainer.state)  # every rank: the totals are summed across processes
     result = {**summary, "resumed_from_step": _step_of(resume)}
     if meter_cb.budget_stopped:
         if rank == 0:
-            _ledger(run_dir, chunk, summary, stats)
+            _ledger(run_dir, chunk, summary, data.stats)
         raise BudgetExceeded(f"finetune stopped at step {trainer.state.global_step}/{trainer.state.max_steps} "
                              f"on the budget (${max_usd:.4f}); the checkpoint is saved: raise the budget and rerun")
 
@@ -198,28 +197,46 @@ def train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd
     fsdp = ft.method == "full" and world > 1 and ft.zero_stage > 0
     if fsdp:  # every rank joins the full-state-dict gather; the main process writes
         trainer.save_model(str(out_dir / "merged.tmp"))
-    if rank == 0:
-        if fsdp:
-            tok.save_pretrained(out_dir / "merged.tmp")
-            shutil.rmtree(out_dir / "merged", ignore_errors=True)
-            os.replace(out_dir / "merged.tmp", out_dir / "merged")
-            result["merged"] = str(out_dir / "merged")
-        else:
-            result.update(save_outputs(trainer, tok, out_dir, ft.method, hf_cfg))
-        line = _ledger(run_dir, chunk, summary, stats)  # loading and saving included
-        result.update(data=stats.__dict__ | {"packed_rows": len(rows) if packed else None}, method=ft.method,
-                      params=n_params, model=cfg.student.model, packing=packed, bf16=bf16, learning_rate=lr,
-                      flops_per_token=metering.flops_per_token(n_params, ft.method),
-                      num_devices=world, device=chunk.device, usd_per_device_hour=price)
-        lead = {"trained_tokens": result["trained_tokens"], "tokens_per_s": result["tokens_per_s"], "mfu": result["mfu"],
-                "usd": line["usd"], "wall_s": line["wall_s"], "final_loss": result["final_loss"]}
-        result = lead | result  # the pipeline's status line shows the first numbers
-        tmp = out_dir / "train_metrics.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2, default=str))
-        os.replace(tmp, out_dir / "train_metrics.json")
-        if not ft.keep_checkpoints:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if rank != 0:
+        return result
+    if fsdp:
+        data.tokenizer.save_pretrained(out_dir / "merged.tmp")
+        shutil.rmtree(out_dir / "merged", ignore_errors=True)
+        os.replace(out_dir / "merged.tmp", out_dir / "merged")
+        result["merged"] = str(out_dir / "merged")
+    else:
+        result.update(save_outputs(trainer, data.tokenizer, out_dir, ft.method, data.hf_config))
+    line = _ledger(run_dir, chunk, summary, data.stats)  # loading and saving included
+    result.update(data=data.stats.__dict__ | {"packed_rows": len(data.rows) if data.packed else None},
+                  method=ft.method, params=n_params, model=cfg.student.model, packing=data.packed, bf16=bf16,
+                  learning_rate=learning_rate(cfg), flops_per_token=fpt, num_devices=world, device=chunk.device,
+                  usd_per_device_hour=price)
+    lead = {"trained_tokens": result["trained_tokens"], "tokens_per_s": result["tokens_per_s"], "mfu": result["mfu"],
+            "usd": line["usd"], "wall_s": line["wall_s"], "final_loss": result["final_loss"]}
+    result = lead | result  # the pipeline's status line shows the first numbers
+    files.write_json(out_dir / "train_metrics.json", result)
+    if not ft.keep_checkpoints:
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     return result
+
+
+def run_trainer(trainer, meter_cb, run_dir: Path, chunk: meter.StageMeter, stats, ckpt_dir: Path,
+                rank: int) -> Path | None:
+    """trainer.train() from the last good checkpoint. Ctrl-C or SIGTERM: the chunk's ledger line
+    (local counts) is written, then the interrupt goes on. Returns the checkpoint resumed from."""
+    resume = last_good_checkpoint(ckpt_dir)
+    previous = _sigterm_as_interrupt()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except KeyboardInterrupt:
+        if rank == 0 and hasattr(meter_cb, "t0"):
+            meter_cb.wall_s = meter_cb.elapsed()
+            _ledger(run_dir, chunk, meter_cb.summary(trainer.state, reduce=False), stats, interrupted=True)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return resume
 
 
 def compile_layers(model) -> int:
@@ -255,7 +272,7 @@ def _ledger(run_dir: Path, chunk: meter.StageMeter, s: dict, stats, interrupted:
                                    "budget_stopped")},
               examples=stats.examples, too_long=stats.too_long, interrupted=interrupted)
     row = chunk.row()
-    meter.append_jsonl(Path(run_dir) / meter.LEDGER, row)
+    files.append_jsonl(Path(run_dir) / meter.LEDGER, row)
     return row
 
 
@@ -266,7 +283,7 @@ def save_outputs(trainer, tok, out_dir: Path, method: str, hf_cfg: dict) -> dict
     model = trainer.model
     paths = {}
     if method != "full":
-        _atomic_save(out_dir / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
+        files.replace_dir(out_dir / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
         paths["adapter"] = str(out_dir / "adapter")
         model = model.merge_and_unload()
     text_cfg = hf_cfg.get("text_config") or hf_cfg
@@ -274,35 +291,7 @@ def save_outputs(trainer, tok, out_dir: Path, method: str, hf_cfg: dict) -> dict
                     or hf_cfg.get("dtype") or "float32")
     model = model.to(dtype)  # vLLM serves the base's dtype (bf16 for the packaged models)
     model.config.use_cache = True  # switched off for training only
-    _atomic_save(out_dir / "merged", lambda d: (model.save_pretrained(d, safe_serialization=True),
-                                               tok.save_pretrained(d)))
+    files.replace_dir(out_dir / "merged", lambda d: (model.save_pretrained(d, safe_serialization=True),
+                                                     tok.save_pretrained(d)))
     paths["merged"] = str(out_dir / "merged")
     return paths
-
-
-def _atomic_save(final: Path, write) -> None:
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-
-
-def cli_finetune(args) -> int:
-    from replicate.config import load_pipeline
-
-    cfg = load_pipeline(args.pipeline, args.overrides)
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
-    m = run_finetune(cfg, run_dir, max_usd=getattr(args, "max_usd", None))
-    print(f"finetune: {m.get('global_step')} steps, {m.get('trained_tokens'):,} tokens, "
-          f"{m.get('tokens_per_s')} tok/s, MFU {m.get('mfu')}, ${m.get('usd', 0):.4f} this run -> {m.get('merged')}")
-    return 0
-
-
-if __name__ == "__main__":  # the multi-process worker: accelerate launch -m replicate.finetune.train JOB.json
-    import sys
-
-    from replicate.finetune.launch import worker_main
-
-    sys.exit(worker_main(sys.argv[1:]))

@@ -3,7 +3,7 @@
 data/ in a run directory:
   generation.json     settings the data was generated with; a resume must match them
   log.jsonl           one line per finished teacher request, appended with one write + fsync
-                      (meter.append_jsonl): request id, RNG position, tokens, finish reason,
+                      (files.append_jsonl): request id, RNG position, tokens, finish reason,
                       parse/filter counts and the rows it kept. It is the only state a resume
                       needs, and a kill -9 can at worst tear its last line, which is ignored.
   .chunk.json         heartbeat of the running chunk: its ledger line, should the process die
@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
-from replicate import meter
+from replicate import files, meter
 from replicate.errors import UserError
 
 LOG = "log.jsonl"
@@ -29,24 +28,13 @@ DONE = "done.json"
 ALPACA_KEYS = ("instruction", "input", "output")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file or nothing: temp file, fsync, rename over the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def check_settings(data_dir: Path, settings: dict) -> None:
     """Record the settings on the first run; refuse to resume data made with other settings."""
     path = data_dir / SETTINGS
     if not path.exists():
-        write_atomic(path, json.dumps(settings, indent=2) + "\n")
+        files.write_json(path, settings)
         return
-    old = json.loads(path.read_text())
+    old = files.read_json(path, "")
     changed = [k for k in settings if k in old and old[k] != settings[k]]
     if changed:
         k = changed[0]
@@ -57,7 +45,7 @@ def check_settings(data_dir: Path, settings: dict) -> None:
 
 
 def read_log(data_dir: Path) -> list[dict]:
-    return meter.read_jsonl(data_dir / LOG)
+    return files.read_jsonl(data_dir / LOG)
 
 
 def rows_needed(examples: int, held_out_fraction: float) -> int:
@@ -82,10 +70,6 @@ def split(rows: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
     return train, held
 
 
-def jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
 def add_counts(a: dict, b: dict) -> dict:
     return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
 
@@ -101,9 +85,9 @@ def recover_chunk(run_dir: Path, log: list[dict]) -> float:
     usd = 0.0
     try:
         row = json.loads(path.read_text())
-    except json.JSONDecodeError:  # torn by a kill: write_atomic makes that nearly impossible
+    except (json.JSONDecodeError, UnicodeDecodeError):  # torn: write_atomic makes that nearly impossible
         row = None
-    if row and row.get("chunk_id") not in {r.get("chunk_id") for r in meter.read_ledger(run_dir)}:
+    if row and row.get("chunk_id") not in {r.get("chunk_id") for r in meter.ledger(run_dir)}:
         mine = [r for r in log if r.get("chunk") == row["chunk_id"]]
         row["wall_s"] = max([row["wall_s"]] + [r["t"] for r in mine])
         row["device_hours"] = row["wall_s"] * row["num_devices"] / 3600
@@ -116,14 +100,14 @@ def recover_chunk(run_dir: Path, log: list[dict]) -> float:
         for r in mine:
             row["dropped"] = add_counts(row["dropped"], r["dropped"])
         row["interrupted"] = True
-        meter.append_jsonl(Path(run_dir) / meter.LEDGER, row)
+        files.append_jsonl(Path(run_dir) / meter.LEDGER, row)
         usd = row["usd"]
     path.unlink()
     return usd
 
 
 def write_heartbeat(run_dir: Path, row: dict) -> None:
-    write_atomic(Path(run_dir) / "data" / HEARTBEAT, json.dumps(row))
+    files.write_json(Path(run_dir) / "data" / HEARTBEAT, row)
 
 
 def clear_heartbeat(run_dir: Path) -> None:
@@ -132,8 +116,8 @@ def clear_heartbeat(run_dir: Path) -> None:
 
 def write_dataset(data_dir: Path, rows: list[dict], fraction: float) -> tuple[int, int]:
     train, held = split(rows, fraction)
-    write_atomic(data_dir / "train.jsonl", jsonl(train))
-    write_atomic(data_dir / "held_out.jsonl", jsonl(held))
+    files.write_jsonl(data_dir / "train.jsonl", train)
+    files.write_jsonl(data_dir / "held_out.jsonl", held)
     return len(train), len(held)
 
 
@@ -183,16 +167,16 @@ Alpaca-format rows (`instruction`, `input`, `output`) written by the teacher wit
 Every request is in `log.jsonl` (request id, RNG position, tokens, finish reason, kept rows).
 Load with `datasets.load_dataset("json", data_files={{"train": "train.jsonl", "held_out": "held_out.jsonl"}})`.
 """
-    write_atomic(data_dir / "README.md", text)
+    files.write_atomic(data_dir / "README.md", text)
 
 
 def write_done(data_dir: Path, stats: dict) -> None:
-    write_atomic(data_dir / DONE, json.dumps(stats, indent=2) + "\n")
+    files.write_json(data_dir / DONE, stats)
 
 
 def read_done(data_dir: Path) -> dict | None:
     path = data_dir / DONE
-    return json.loads(path.read_text()) if path.exists() else None
+    return files.read_json(path, "") if path.exists() else None
 
 
 class Bar:

@@ -24,66 +24,17 @@ pruning never skips a pair whose float F could exceed the threshold.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-# rouge_score's DefaultTokenizer: text.lower(), every run of [^a-z0-9] -> " ", split on spaces,
-# keep tokens matching ^[a-z0-9]+$. That is exactly the ASCII alphanumeric runs of text.lower().
-# lower() must come first: "İ".lower() == "i̇" (an ASCII "i" + a combining dot), "K" (Kelvin) -> "k".
-_TOKEN_RE = re.compile(r"[a-z0-9]+")
+from replicate.rouge import fmeasure, lcs_bits, tokenize
+
 _SLACK = 1e-9  # bounds use threshold - 1e-9: float F is within ~1e-16 of the exact ratio
 _COPY_BITS = 32  # element key = token_id << 32 | k: the k-th copy of a token is its own element
 _COPY_MASK = (1 << _COPY_BITS) - 1
-
-
-def tokenize(text: str) -> list[str]:
-    """rouge_score's default tokens (no stemming): lowercase ASCII alphanumeric runs."""
-    return _TOKEN_RE.findall(text.lower())
-
-
-def lcs_length(a: Sequence, b: Sequence) -> int:
-    """Length of the longest common subsequence of two token sequences (bit-parallel).
-
-    Allison-Dix / Hyyro: bit i of V is 0 where row i of the DP table steps up; one add per
-    token of b updates all len(a) cells at once (Python ints are arbitrary width).
-    """
-    if len(a) < len(b):  # the shorter sequence is the bit vector
-        a, b = b, a
-    masks: dict = {}
-    for i, token in enumerate(b):
-        masks[token] = masks.get(token, 0) | (1 << i)
-    return _lcs_bits(masks, len(b), a)
-
-
-def _lcs_bits(masks: dict, m: int, other: Sequence) -> int:
-    full = (1 << m) - 1
-    v = full
-    for token in other:
-        match = masks.get(token)
-        if match:
-            u = v & match
-            v = ((v + u) | (v - u)) & full
-    return m - v.bit_count()
-
-
-def rouge_l(target: Sequence, prediction: Sequence) -> float:
-    """ROUGE-L F-measure of two token lists, with rouge_score's exact float arithmetic."""
-    if not target or not prediction:
-        return 0.0
-    return _fmeasure(lcs_length(target, prediction), len(target), len(prediction))
-
-
-def _fmeasure(lcs: int, target_len: int, prediction_len: int) -> float:
-    # rouge_scorer._score_lcs + scoring.fmeasure, operation for operation.
-    precision = lcs / prediction_len
-    recall = lcs / target_len
-    if precision + recall > 0:
-        return 2 * precision * recall / (precision + recall)
-    return 0.0
 
 
 @dataclass(frozen=True)
@@ -265,7 +216,7 @@ class RougeDedup:
             other = self._tokens[doc]
             self.lcs_computed += 1
             # Alpaca calls _score_lcs(new_tokens, kept_tokens): target = new, prediction = kept.
-            score = _fmeasure(_lcs_bits(masks, a, other), a, len(other))
+            score = fmeasure(lcs_bits(masks, a, other), a, len(other))
             if score > self.threshold:
                 return Match(doc, score)
         return None

@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 
 from replicate.config import Pipeline
+from replicate.engines import Completion, Request
 from replicate.errors import UserError
-from replicate.engines.base import Completion, Request
 
 
 def request_seed(seed: int, i: int) -> int:

@@ -24,9 +24,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from replicate.config import jsonl_rows
-from replicate.generate.dedup import RougeDedup
 from replicate.errors import UserError
+from replicate.files import jsonl_rows
+from replicate.generate.dedup import RougeDedup
+from replicate.prompts import alpaca_prompt, user_message
 
 SEED_TASKS = Path(__file__).resolve().parent.parent / "data" / "seed_tasks.jsonl"
 NUM_PROMPT_INSTRUCTIONS = 3  # seed tasks shown per prompt (Alpaca samples 3 seeds, no machine tasks)
@@ -286,14 +287,8 @@ def respond_prompt(row: dict, chat: bool = True) -> str | list[dict]:
     (apply the template with add_generation_prompt=True); base: Alpaca's prompt template,
     to be completed after "### Response:" with stop=RESPOND_STOP."""
     if chat:
-        text = f"{row['instruction']}\n\n{row['input']}" if row.get("input") else row["instruction"]
-        return [{"role": "user", "content": text}]
-    if row.get("input"):
-        return ("Below is an instruction that describes a task, paired with an input that provides further "
-                "context. Write a response that appropriately completes the request.\n\n"
-                f"### Instruction:\n{row['instruction']}\n\n### Input:\n{row['input']}\n\n### Response:\n")
-    return ("Below is an instruction that describes a task. Write a response that appropriately completes "
-            f"the request.\n\n### Instruction:\n{row['instruction']}\n\n### Response:\n")
+        return [{"role": "user", "content": user_message(row["instruction"], row.get("input") or "")}]
+    return alpaca_prompt(row["instruction"], row.get("input") or "") + "\n"
 
 
 def respond_rows(row: dict, text: str | None, finish_reason: str | None,

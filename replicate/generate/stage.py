@@ -2,15 +2,15 @@
 
     replicate generate pipelines/tiny-cpu.yaml [--max-usd 0.50]   # kill it any time; rerun resumes
 
-Modes (replicate/generate_modes.py): `self-instruct` (Alpaca's algorithm: parse, filters, ROUGE-L
+Modes (modes.py): `self-instruct` (Alpaca's algorithm: parse, filters, ROUGE-L
 dedup), `respond` (the teacher answers a given instruction file) and `none` (an existing Alpaca
 file becomes the dataset, no teacher).
 
-How a run goes: the teacher streams (teacher.py): it asks `feed(n)` for requests whenever the
+How a run goes: the teacher streams (engines/): it asks `feed(n)` for requests whenever the
 engine has room, and each finished completion is parsed, filtered and appended to data/log.jsonl
 (one write + fsync) before it counts. Request i is a pure function of (seed, i), so the log's
 set of finished indices is all the RNG state a resume needs: a rerun redoes the holes a kill
-left (requests that were in flight), then goes on. Files: see replicate/generate_io.py.
+left (requests that were in flight), then goes on. Files: see dataset.py.
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from replicate.generate import dataset
-from replicate import meter
+from replicate import files, meter
 from replicate.config import Pipeline
+from replicate.engines import Backend, Completion, Request, Sampling
 from replicate.errors import BudgetExceeded, UserError
+from replicate.generate import dataset
 from replicate.generate.modes import make_mode
-from replicate.engines.base import Backend, Completion, Request, Sampling
 
 GIVE_UP_AFTER = 32  # finished requests without one kept row: the teacher is not producing data
 HEARTBEAT_S = 5.0  # a killed chunk's ledger line misses at most this much wall time
@@ -168,7 +168,7 @@ class _Run:
                "output_tokens": c.output_tokens, "latency_s": round(c.latency_s, 3), "parsed": parsed,
                "dropped": dropped, "rows": kept, "chunk": self.chunk_id, "t": round(self.m.wall_s, 3),
                "usd_api": usd_api}
-        meter.append_jsonl(self.run_dir / "data" / dataset.LOG, rec)
+        files.append_jsonl(self.run_dir / "data" / dataset.LOG, rec)
         self.tally.add(rec)
         self.m.add_usd(usd_api)
         self.m.add(prompt_tokens=c.prompt_tokens, output_tokens=c.output_tokens, requests=1, parsed=parsed,
@@ -188,9 +188,9 @@ class _Run:
             dataset.write_heartbeat(self.run_dir, self.m.row())  # from now on a kill still gets a ledger line
             own = teacher is None
             if own:
-                from replicate.engines.base import open_teacher
+                from replicate.engines import open_engine
 
-                teacher = open_teacher(t, max_in_flight=g.requests_per_batch)
+                teacher = open_engine(t, max_in_flight=g.requests_per_batch)
                 self.m.set(startup_s=round(self.m.wall_s, 3))
                 if not api:  # the engine has imported torch now, so CUDA devices can be named
                     self.m.device = meter.device_name()[0]
@@ -226,8 +226,7 @@ def _settings(cfg: Pipeline) -> dict:
 
 def _spent(run_dir: Path) -> float:
     """Dollars spent by earlier generate chunks of this run directory (killed ones included)."""
-    return sum(r.get("usd", 0.0) for r in meter.read_ledger(run_dir)
-               if r.get("stage") == "generate" and r.get("kind") == "measured")
+    return meter.spent_usd(run_dir, "generate")
 
 
 def _pricing(cfg: Pipeline):
@@ -251,7 +250,7 @@ def _finish(cfg, run_dir, tally, examples, run, price_note) -> dict:
     g = cfg.generate
     rows = tally.rows[:dataset.rows_needed(examples, g.held_out_fraction)]
     train_n, held_n = dataset.write_dataset(data_dir, rows, g.held_out_fraction)
-    chunks = [r for r in meter.read_ledger(run_dir) if r.get("stage") == "generate" and r.get("kind") == "measured"]
+    chunks = meter.measured(meter.ledger(run_dir), "generate")
     stats = {
         "name": cfg.name, "teacher": cfg.teacher.model, "backend": cfg.teacher.backend, "chat": run.mode.chat,
         "mode": g.mode, "seed": g.seed, "complete": run.complete, "exhausted": run.exhausted,
@@ -283,19 +282,3 @@ def _reuse(cfg: Pipeline, data_dir: Path, examples: int) -> dict:
              "output_tokens": 0, "usd": 0.0, "complete": True, "exhausted": len(rows) < needed}
     dataset.write_done(data_dir, stats)
     return stats
-
-
-def cli_generate(args) -> int:
-    from replicate.config import load_pipeline
-
-    cfg = load_pipeline(args.pipeline, args.overrides)
-    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # --max-usd (or budget.max_usd) caps ALL measured spending in the run directory, as `replicate
-    # run` does: this call may spend what is left, so a rerun with the same limit does not spend more.
-    limit = args.max_usd if args.max_usd is not None else cfg.budget.max_usd
-    spent = sum(r.get("usd", 0.0) for r in meter.read_ledger(run_dir) if r.get("kind") == "measured")
-    s = run_generate(cfg, run_dir, max_usd=None if limit is None else limit - spent)
-    print(f"generate: {s['train_rows']} train + {s['held_out_rows']} held-out rows from {s['requests']} requests, "
-          f"{s['output_tokens']:,} output tokens, ${s['usd']:.4f} -> {run_dir / 'data'}")
-    return 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 
+from replicate.report.copy_curve import families_in
+
 STAGE_COLORS = {"generate": "#4c72b0", "finetune": "#dd8452", "evaluate": "#55a868"}
 FAMILY_COLORS = {"style": "#c44e52", "fidelity": "#4c72b0", "capability": "#55a868"}
 
@@ -71,7 +73,8 @@ def copy_curve(sw: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 4.2))
     pts = sw["points"]
     ns = np.array([p["examples"] for p in pts], dtype=float)
-    for fam, color in FAMILY_COLORS.items():
+    for fam in families_in(pts):
+        color = FAMILY_COLORS.get(fam, "grey")
         ys = [(p["families"].get(fam) or {}).get("gap_closed") for p in pts]
         if all(y is None for y in ys):
             continue

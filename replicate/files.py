@@ -1,0 +1,224 @@
+"""Every read and write of the YAML, JSON and JSONL files the program keeps or is handed.
+
+Readers are strict: a missing file, bytes that are not UTF-8, a syntax error, a line that is not a
+JSON object or a duplicate YAML key end in one UserError naming the file (and line). Writers are
+crash-safe:
+
+    write_atomic / write_json / write_jsonl / write_yaml / replace_dir
+        the whole file (or folder) or nothing: a temporary sibling, fsync, rename over the old one;
+    append_jsonl
+        one line per call, as one write + fsync, so a kill leaves at most a torn LAST line. The
+        next append first moves such a tail aside (to FILE.torn) rather than gluing a new line
+        onto it, and every reader skips a torn last line (it has no newline) and nothing else.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from replicate.errors import UserError
+
+# ---- where the shipped data lives ------------------------------------------------------------------
+
+
+def shipped(folder: str) -> Path:
+    """A data folder that ships with the program: `budgets` or `pipelines`. In a source checkout
+    it sits at the top of the repository; an installed wheel carries it inside the package
+    (pyproject.toml maps it to replicate/<folder>)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / folder, package.parent / folder):
+        if candidate.is_dir():
+            return candidate
+    raise UserError(f"{folder}/ not found next to {package}: reinstall replicate-costsim")
+
+
+# ---- reading -------------------------------------------------------------------------------------
+
+
+def read_text(path: str | Path, missing: str) -> str:
+    """A file's text, or a UserError: `missing` when it is absent, the byte offset when not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {missing}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    silently keeps the last one, so a typo'd second `epochs:` would win unseen)."""
+
+
+def _mapping_without_duplicates(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        if isinstance(key, (str, int, float, bool)):
+            seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> data (safe tags only, no duplicate keys); the parser's first line as a UserError."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise UserError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
+
+
+def read_yaml(path: str | Path, missing: str) -> Any:
+    return parse_yaml(read_text(path, missing), str(path))
+
+
+def read_json(path: str | Path, missing: str) -> Any:
+    text = read_text(path, missing)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def jsonl_rows(path: str | Path, missing: str, *, torn_ok: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, object) per non-blank line; anything that is not a JSON object is a UserError
+    naming file:line. `torn_ok` (files this program appends to): a last line without its newline
+    that does not parse is a write a kill cut short, and is skipped."""
+    path = Path(path)
+    text = read_text(path, missing)
+    lines = text.split("\n")  # not splitlines(): U+2028 may sit inside a JSON string
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if torn_ok and lineno == len(lines):  # after the last newline: torn by a kill mid-append
+                return  # the next append moves it aside
+            hint = " (expected JSONL: one JSON object per line)" if line.lstrip().startswith("[") else ""
+            raise UserError(f"{path}:{lineno}: not valid JSON: {e.msg}{hint}") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield lineno, row
+
+
+def read_jsonl(path: str | Path, missing: str | None = None) -> list[dict]:
+    """The objects of a JSONL file. `missing` None: an absent file is empty (a ledger, a cache or a
+    log not written yet); else the UserError to raise."""
+    if missing is None and not Path(path).exists():
+        return []
+    return [row for _, row in jsonl_rows(path, missing or "no such file", torn_ok=True)]
+
+
+# ---- writing -------------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write a whole file or nothing: temporary sibling, fsync, rename over the old one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _jsonable(o: Any) -> Any:
+    """numpy scalars as Python numbers, anything else (a Path, a dataclass) as its text."""
+    return o.item() if hasattr(o, "item") else str(o)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=_jsonable) + "\n")
+
+
+def jsonl_text(rows) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def write_jsonl(path: str | Path, rows) -> None:
+    write_atomic(path, jsonl_text(rows))
+
+
+def write_yaml(path: str | Path, data: Any, header: str = "") -> None:
+    write_atomic(path, header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def _move_torn_tail(path: Path) -> None:
+    """A last line without its newline (a kill mid-append): move it to FILE.torn and cut it off."""
+    with open(path, "rb+") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        start = max(0, size - (1 << 20))
+        fh.seek(start)
+        chunk = fh.read()
+        cut = chunk.rfind(b"\n")
+        keep = start + cut + 1 if cut >= 0 else 0
+        with open(path.with_name(path.name + ".torn"), "ab") as torn:
+            torn.write(chunk[cut + 1:] + b"\n")
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """Append one JSON line durably: a single write of the whole line, then fsync."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        _move_torn_tail(path)
+    data = (json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_dir(final: str | Path, write: Callable[[Path], Any]) -> None:
+    """A folder written whole or not at all: `write(tmp)` fills a sibling, which then replaces `final`."""
+    final = Path(final)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)

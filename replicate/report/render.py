@@ -1,0 +1,93 @@
+"""A report (build.build_report's data) -> Markdown and one self-contained HTML page."""
+from __future__ import annotations
+
+import base64
+import html
+
+from replicate.report.copy_curve import sweep_html, sweep_md
+from replicate.report.evaluation import eval_html, eval_md
+from replicate.tables import duration, html_table, markdown, money, num
+
+
+def _cell(est, meas, ratio, show=num) -> str:
+    """`estimated / measured (ratio x)`."""
+    r = f" ({ratio:.2f}x)" if ratio else ""
+    return f"{show(est)} / {show(meas)}{r}"
+
+
+def stage_table(rep: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["stage", "device", "device-hours", "wall", "dollars", "work tokens/s", "measured chunks"]
+    body = []
+    for s in rep["stages"]:
+        e, m, r = s["estimate"], s["measured"], s["ratio"]
+        body.append([s["stage"], m.get("device") or e.get("device") or "-",
+                     _cell(e.get("device_hours"), m.get("device_hours"), r.get("device_hours")),
+                     _cell(e.get("wall_s"), m.get("wall_s"), r.get("wall_s"), duration),
+                     _cell(e.get("usd"), m.get("usd"), r.get("usd")),
+                     _cell(e.get("tokens_per_s"), m.get("tokens_per_s"), r.get("tokens_per_s")) + f" ({s['work']})",
+                     str(m.get("chunks", 0))])
+    t = rep["totals"]
+    e, m, r = t["estimate"], t["measured"], t["ratio"]
+    body.append(["**total**", "", _cell(e["device_hours"], m["device_hours"], r["device_hours"]),
+                 _cell(e["wall_s"], m["wall_s"], r["wall_s"], duration), _cell(e["usd"], m["usd"], r["usd"]), "", ""])
+    return head, body
+
+
+def headline(rep: dict) -> str:
+    """One sentence: what it cost against the estimate, and how much was copied."""
+    t = rep["totals"]
+    m, e, r = t["measured"], t["estimate"], t["ratio"]
+    text = (f"Measured {money(m['usd'])} for {num(m['device_hours'])} device-hours ({duration(m['wall_s'])} of "
+            f"metered wall time); the estimate was {money(e['usd'])}"
+            + (f" (measured / estimated = {r['usd']:.2f})." if r["usd"] else "."))
+    ev = rep.get("evaluation")
+    if ev and ev["families"]:
+        fams = ", ".join(f"{k} {v['gap_closed']:.2f}" for k, v in ev["families"].items() if v["gap_closed"] is not None)
+        text += f" Gap closed: {fams}"
+        if ev.get("illusion_gap") is not None:
+            text += f"; illusion gap {ev['illusion_gap']:.2f}"
+        text += "."
+    return text
+
+
+def render_md(rep: dict) -> str:
+    out = [f"# Replication report: {rep['name']}", ""]
+    out.append(f"Run directory `{rep['run_dir']}`; measured on {', '.join(rep['devices']) or 'nothing yet'}.")
+    out += ["", headline(rep)]
+    out += ["", "## Cost: estimated vs measured", "", "Each cell: estimated / measured (ratio = measured / estimated).", ""]
+    out.append(markdown(*stage_table(rep)))
+    if rep.get("evaluation"):
+        out += ["", eval_md(rep["evaluation"])]
+    if rep.get("sweep"):
+        out += ["", sweep_md(rep["sweep"])]
+    return "\n".join(out) + "\n"
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%;
+display:block;margin:1em 0}p.note{color:#555}"""
+
+
+def render_html(rep: dict, pngs: dict[str, bytes]) -> str:
+    """One file, no external references: CSS inline, PNGs as base64 data URIs."""
+    def img(name: str) -> str:
+        if name not in pngs:
+            return ""
+        b64 = base64.b64encode(pngs[name]).decode()
+        return f'<img alt="{name}" src="data:image/png;base64,{b64}">'
+
+    parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>Replication report: "
+              f"{html.escape(rep['name'])}</title><style>{CSS}</style></head><body>"),
+             f"<h1>Replication report: {html.escape(rep['name'])}</h1>",
+             (f"<p class=note>Run directory <code>{html.escape(rep['run_dir'])}</code>; measured on "
+              f"{html.escape(', '.join(rep['devices']) or 'nothing yet')}.</p>"),
+             f"<p><b>{html.escape(headline(rep))}</b></p>",
+             "<h2>Cost: estimated vs measured</h2><p class=note>Each cell: estimated / measured (ratio = measured / estimated).</p>",
+             html_table(*stage_table(rep)), img("cost_breakdown"), img("estimate_vs_measured")]
+    if rep.get("evaluation"):
+        parts.append(eval_html(rep["evaluation"]))
+    if rep.get("sweep"):
+        parts += [sweep_html(rep["sweep"]), img("copy_curve")]
+    parts.append("</body></html>")
+    return "\n".join(parts)
