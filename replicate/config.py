@@ -50,7 +50,9 @@ class Teacher(Strict):
     """Seconds one HTTP request may take before it counts as a timeout and is retried (openai)."""
     chat: bool | None = None
     """Use the chat template (None = yes when the tokenizer has one)."""
-    dtype: str = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Precision the teacher computes in (vllm/transformers). auto = bf16 on a GPU and on a CPU that
+    computes bf16 natively, fp32 on one that does not (a probe decides: replicate/precision.py)."""
     max_model_len: PositiveInt = 2048
     trust_remote_code: bool = False
 
@@ -71,6 +73,10 @@ class Generate(Strict):
     """Output tokens per request; always explicit (vLLM's default of 16 silently truncates)."""
     requests_per_batch: PositiveInt = 64
     """Prompts handed to the engine per call; large enough that the engine never starves."""
+    structured: bool = False
+    """self-instruct: constrain the teacher's list to the numbered Instruction/Input/Output form
+    (vLLM structured output with a regex), so no item is lost to a broken format. A small teacher
+    keeps ~3x more rows per output token this way (docs/generate.md); Alpaca parsed free text."""
     held_out_fraction: float = Field(0.05, ge=0, lt=1)
     """Share of kept rows written to data/held_out.jsonl instead of train.jsonl."""
 
@@ -122,7 +128,8 @@ class Finetune(Strict):
     lora_target_modules: list[str] | None = None
     """None = the attention projections (q_proj, v_proj), as Alpaca-LoRA (DEFAULT_LORA_TARGETS)."""
     bf16: bool | None = None
-    """None = bf16 where the device supports it."""
+    """bf16 autocast (and a bf16 frozen base for LoRA). None = on a GPU with bf16, and on a CPU only
+    where bf16 is faster than fp32 (the precision probe: replicate/precision.py)."""
     gradient_checkpointing: bool = False
     zero_stage: Literal[0, 1, 2, 3] = 0
     """ZeRO/FSDP sharding stage for multi-device full fine-tuning (0 = plain DDP)."""
@@ -176,6 +183,9 @@ class Evaluate(Strict):
     """Prompts handed to an engine per call: enough to keep a CPU engine's batch full, few enough
     that a killed evaluation loses little (finished calls are cached). The cost model caps the
     decode batch at this; raise it on a GPU (vLLM batches up to 256 and more there)."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Precision of base and student generation and of token fidelity (as teacher.dtype; the
+    MiniLM embeddings always run in fp32, which keeps them equal to sentence-transformers')."""
     backend: Literal["vllm", "transformers"] = "vllm"
     """How base and student generate (the teacher uses teacher.backend): vllm, or transformers'
     batched `generate` where vLLM does not run."""

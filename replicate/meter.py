@@ -43,15 +43,18 @@ def device_name() -> tuple[str, int]:
                 return torch.cuda.get_device_name(0), torch.cuda.device_count()
     except Exception:  # noqa: BLE001, S110 - a broken torch must not break metering
         pass
-    cpu = platform.processor() or platform.machine()
+    return f"cpu: {cpu_name()} ({os.cpu_count()} cores)", 1
+
+
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo), e.g. `AMD EPYC 9R14`."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"cpu: {cpu} ({os.cpu_count()} cores)", 1
+    return platform.processor() or platform.machine()
 
 
 def ledger(run_dir: str | Path, *, with_sweep: bool = False) -> list[dict]:

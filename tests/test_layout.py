@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "replicate"
 
 STAGES = {"generate", "finetune", "evaluate"}
-SPINE = {"config", "errors", "files", "meter", "rundir", "tables", "prompts", "rouge", "weights", "__init__"}
+SPINE = {"config", "errors", "files", "meter", "rundir", "tables", "prompts", "rouge", "weights", "precision",
+         "__init__"}
 # The rooms each room must not enter. A stage never imports another stage, the top (pipeline,
 # sweep, cli) or the report; the cost model is pure; the report reads files and runs nothing.
 TOP = {"pipeline", "sweep", "cli"}
@@ -103,7 +104,7 @@ def test_only_allowed_directions():
 
 
 def test_every_package_folder_ships_in_the_wheel():
-    listed = set(re.search(r"packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.S).group(1)
+    listed = set(re.search(r"packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.DOTALL).group(1)
                  .replace('"', "").replace("\n", "").replace(" ", "").split(","))
     found = {module_name(p.parent / "__init__.py") for p in PKG.rglob("__init__.py")}
     assert found <= listed, f"package folders missing from pyproject.toml: {sorted(found - listed)}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -61,9 +61,26 @@ class Device:
     host_link_gb_per_s: float
     gpus_per_node: int
     defaults: dict = field(default_factory=dict)  # per-device efficiencies (CPU), see hardware.yaml
+    peak_fp32_tflops: float | None = None  # CPUs: the fp32 peak, for a processor without native bf16
+    defaults_fp32: dict = field(default_factory=dict)  # CPUs: efficiencies measured computing in fp32
+    dtype: str = "bfloat16"  # what the stage computes in on this device (in_precision)
+
+    def in_precision(self, dtype: str) -> Device:
+        """This device computing in `dtype`. A CPU entry that knows its fp32 speed (peak_fp32_tflops,
+        defaults_fp32) swaps them in for float32; a GPU computes in bf16 whatever is asked."""
+        if dtype != "float32" or self.peak_fp32_tflops is None:
+            return self
+        return replace(self, dtype="float32", defaults={**self.defaults, **self.defaults_fp32})
+
+    @property
+    def bytes_per_value(self) -> float:
+        """Bytes of one weight or KV-cache value as the engine holds it: 2 in bf16, 4 in fp32."""
+        return 4.0 if self.dtype == "float32" else 2.0
 
     @property
     def peak_flops(self) -> float:
+        if self.dtype == "float32" and self.peak_fp32_tflops is not None:
+            return self.peak_fp32_tflops * 1e12
         return self.peak_bf16_tflops * 1e12
 
     @property
@@ -96,6 +113,8 @@ def hardware(key: str) -> Device:
         host_link_gb_per_s=float(e["host_link_gb_per_s"]),
         gpus_per_node=int(e["gpus_per_node"]),
         defaults=dict(e.get("defaults") or {}),
+        peak_fp32_tflops=float(e["peak_fp32_tflops"]) if e.get("peak_fp32_tflops") else None,
+        defaults_fp32=dict(e.get("defaults_fp32") or {}),
     )
 
 

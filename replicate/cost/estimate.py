@@ -23,6 +23,7 @@ from replicate.cost.params import DEFAULTS, at_key, check_calibration, params_fo
 from replicate.cost.training import NoFit, TrainJob, finetune_time
 from replicate.cost.workload import ALPACA, Workload, workload
 from replicate.errors import UserError
+from replicate.precision import planned_dtype
 
 PROBE_PROMPT_TOKENS, PROBE_OUTPUT_TOKENS = 64, 32  # short-answer probes (evaluate.probes); output capped by probe_max_tokens
 JUDGE_TEMPLATE_TOKENS, JUDGE_OUTPUT_TOKENS = 150, 16
@@ -93,7 +94,7 @@ def _generation(name: str, key: str, teacher, requests: float, prompt: float, ou
         shape = catalog.model_shape(teacher.model)
     hw_key = f"{key}.hardware" if hardware is None else "evaluate.hardware"
     with at_key(f"{hw_key}.gpu", source):
-        device = catalog.hardware(hw.gpu)
+        device, dtype = device_in_precision(hw.gpu, teacher.dtype)
         rate = catalog.usd_per_device_hour(hw.gpu, year, hw.spot)
     p, calibrated = params_for(device, calibration)
     try:
@@ -109,8 +110,20 @@ def _generation(name: str, key: str, teacher, requests: float, prompt: float, ou
     lo, hi = usd_range(0, usd, calibrated)
     detail = {**tokens, "num_devices": hw.count, "usd_per_device_hour": rate, "tokens_per_s": t.output_tokens_per_s,
               "tensor_parallel": t.tp, "replicas": t.replicas, "batch": round(t.batch, 1), "decode_bound": t.bound,
-              "startup_s": t.startup_s, "prefill_s": t.prefill_s, "decode_s": t.decode_s, "calibrated": calibrated}
+              "startup_s": t.startup_s, "prefill_s": t.prefill_s, "decode_s": t.decode_s, "calibrated": calibrated,
+              **dtype}
     return StageEstimate(name, usd, gpu_hours, t.wall_s / 3600, lo, hi, f"{hw.count}x {hw.gpu}", detail)
+
+
+def device_in_precision(key: str, asked: str) -> tuple[catalog.Device, dict]:
+    """A catalog device as a run on it will compute: a CPU entry that knows both precisions takes
+    the one this machine will use (replicate/precision.py: the user's setting, else the cached
+    probe, else the processor's flags); ({"dtype", "dtype_reason"} for the stage's detail)."""
+    device = catalog.hardware(key)
+    if device.peak_fp32_tflops is None:
+        return device, {}
+    p = planned_dtype(asked)
+    return device.in_precision(p.dtype), {"dtype": p.dtype, "dtype_reason": p.reason}
 
 
 def generate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> StageEstimate:
@@ -136,7 +149,7 @@ def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
     with at_key("student.model", source):
         shape = catalog.model_shape(cfg.student.model)
     with at_key("finetune.hardware.gpu", source):
-        device = catalog.hardware(hw.gpu)
+        device, dtype = device_in_precision(hw.gpu, {True: "bfloat16", False: "float32"}.get(f.bf16, "auto"))
         rate = catalog.usd_per_device_hour(hw.gpu, year, hw.spot)
     p, calibrated = params_for(device, calibration)
     try:
@@ -162,7 +175,7 @@ def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
         "micro_steps": t.micro_steps, "optimizer_steps": t.optimizer_steps, "seq_len": t.seq_len,
         "matmul_efficiency": t.matmul_efficiency, "memory_gb_per_device": t.memory_gb,
         "startup_s": t.startup_s, "checkpoint_s": t.checkpoint_s, "step_parts_s": t.step_parts_s,
-        "adjusted": t.adjusted, "calibrated": calibrated,
+        "adjusted": t.adjusted, "calibrated": calibrated, **dtype,
     }
     return StageEstimate("finetune", usd, gpu_hours, t.wall_s / 3600, lo, hi, f"{hw.count}x {hw.gpu}", detail)
 
@@ -178,7 +191,7 @@ def evaluate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
     probe_out = getattr(e, "probe_max_tokens", PROBE_OUTPUT_TOKENS)
     out = (e.examples * completion + e.probes * probe_out) / n_req
     inp = (e.examples * prompt + e.probes * PROBE_PROMPT_TOKENS) / n_req
-    local = cfg.teacher.model_copy(update={"model": cfg.student.model, "backend": "vllm"})
+    local = cfg.teacher.model_copy(update={"model": cfg.student.model, "backend": "vllm", "dtype": e.dtype})
     hw = e.hardware or (cfg.teacher.hardware if cfg.teacher.backend != "openai" else cfg.finetune.hardware)
     chunk = e.requests_per_batch  # the stage hands each model its prompts this many at a time
     parts = [_generation("evaluate", "student", local, n_req, inp, out, year, calibration, source, hw, chunk),  # base
@@ -208,6 +221,9 @@ def estimate_pipeline(cfg: Pipeline, *, prices_year: int | None = None, calibrat
     stages = [generate_stage(cfg, year, calibration, source), finetune_stage(cfg, year, calibration, source),
               evaluate_stage(cfg, year, calibration, source)]
     notes = [f"{s.name}: {s.detail['note']}" for s in stages if s.detail.get("note") and s.device != "none"]
+    for dtype, reason in dict.fromkeys((s.detail["dtype"], s.detail["dtype_reason"]) for s in stages
+                                       if s.detail.get("dtype")):
+        notes.append(f"the CPU computes in {dtype}: {reason}")
     ft = stages[1].detail
     if ft.get("adjusted"):
         notes.append(f"finetune: the configured setup does not fit in memory; estimated with {', '.join(ft['adjusted'])}")

@@ -46,11 +46,11 @@ def selfhosted_time(shape: ModelShape, device: Device, count: int, *, requests: 
     hands the engine(s) at once (None: all of them)."""
     tp = tensor_parallel_for(shape, device, count)
     if tp == 0:
-        raise NoFitInference(inference_weight_bytes(shape))
+        raise NoFitInference(inference_weight_bytes(shape, device.bytes_per_value))
     replicas = count // tp
     n = shape.params
-    weights = inference_weight_bytes(shape)
-    kv_token = shape.kv_bytes_per_token()
+    weights = inference_weight_bytes(shape, device.bytes_per_value)  # fp32 on a CPU without bf16
+    kv_token = shape.kv_bytes_per_token(device.bytes_per_value)
     # vLLM reserves gpu_memory_utilization of each device; what the weights leave is KV cache.
     kv_space = tp * (device.memory_bytes * p["gpu_memory_utilization"] - FRAMEWORK_OVERHEAD_BYTES) - weights
     if p.get("kv_cache_gb"):  # a fixed KV budget (vLLM on CPU: VLLM_CPU_KVCACHE_SPACE)

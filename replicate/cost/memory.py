@@ -143,7 +143,7 @@ def tensor_parallel_for(shape: ModelShape, device: Device, count: int, kv_reserv
     usable = device.memory_bytes * USABLE_FRACTION - FRAMEWORK_OVERHEAD_BYTES
     tp = 1
     while tp <= count:
-        if inference_weight_bytes(shape) / tp <= usable * (1 - kv_reserve):
+        if inference_weight_bytes(shape, device.bytes_per_value) / tp <= usable * (1 - kv_reserve):
             return tp
         tp *= 2
     return 0

@@ -36,6 +36,9 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int = 0
     """Base seed; a request's own seed (Request.seed) wins when given."""
+    regex: str | None = None
+    """Structured output: every completion matches this regex in full (vLLM's guided decoding;
+    the vllm backend and a `vllm serve` endpoint take it, others refuse it)."""
 
 
 @dataclass(frozen=True)

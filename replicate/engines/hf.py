@@ -6,7 +6,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from replicate.engines.base import Backend, Completion, Feed, Request, Sampling, cut_at_stop, render_chat
-from replicate.errors import missing_extra
+from replicate.errors import UserError, missing_extra
+from replicate.precision import announce
+from replicate.precision import resolve as resolve_precision
 
 
 class HFEngine(Backend):
@@ -14,7 +16,7 @@ class HFEngine(Backend):
 
     name = "transformers"
 
-    def __init__(self, model_dir: Path, *, chat: bool | None = None, dtype: str = "bfloat16",
+    def __init__(self, model_dir: Path, *, chat: bool | None = None, dtype: str = "auto",
                  trust_remote_code: bool = False, max_in_flight: int = 16, device: str | None = None) -> None:
         try:
             import torch
@@ -23,12 +25,14 @@ class HFEngine(Backend):
             raise missing_extra("transformers", "train") from None
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = resolve_precision(dtype, cuda=self.device.startswith("cuda"), source="teacher.dtype")
+        announce(self.precision, f"transformers engine ({Path(model_dir).name})")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+            model_dir, dtype=getattr(torch, self.precision.dtype), trust_remote_code=trust_remote_code
         ).to(self.device).eval()
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
@@ -72,5 +76,8 @@ class HFEngine(Backend):
         return done
 
     def stream(self, feed: Feed, sampling: Sampling) -> Iterator[Completion]:
+        if sampling.regex:
+            raise UserError("structured output (generate.structured) needs the vllm backend or a `vllm serve` "
+                            "endpoint (openai backend); the transformers backend cannot constrain decoding")
         while reqs := list(feed(self.max_in_flight)):
             yield from self._batch(reqs, sampling)

@@ -63,6 +63,8 @@ class OpenAIEngine(Backend):
         }
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if sampling.regex:  # vLLM server's structured outputs (hosted APIs reject it)
+            body["structured_outputs"] = {"regex": sampling.regex}
         if isinstance(req.prompt, str):
             return "/completions", {**body, "prompt": req.prompt}
         body["messages"] = req.prompt

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from replicate.engines.base import Backend, Completion, Feed, Prompt, Request, Sampling, render_chat
 from replicate.errors import missing_extra
+from replicate.precision import announce
+from replicate.precision import resolve as resolve_precision
 
 
 def bind_all_cpus(tensor_parallel_size: int) -> None:
@@ -28,7 +30,7 @@ class VLLMEngine(Backend):
 
     name = "vllm"
 
-    def __init__(self, model_dir: Path, *, chat: bool | None = None, dtype: str = "bfloat16",
+    def __init__(self, model_dir: Path, *, chat: bool | None = None, dtype: str = "auto",
                  max_model_len: int = 2048, tensor_parallel_size: int = 1, seed: int = 0,
                  trust_remote_code: bool = False, max_in_flight: int = 256, **engine_kwargs) -> None:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its CPU warnings would bury the progress bar
@@ -38,6 +40,10 @@ class VLLMEngine(Backend):
         except ImportError:
             raise missing_extra("vllm", "cpu") from None
         on_cpu = current_platform.is_cpu()
+        # bf16 only where the processor computes it natively: on a CPU without AVX-512 BF16 it is
+        # ~4x slower end to end than fp32 (docs/benchmarks.md, "Precision").
+        self.precision = resolve_precision(dtype, cuda=not on_cpu, source="teacher.dtype")
+        announce(self.precision, f"vLLM engine ({Path(model_dir).name})")
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default takes far more
             bind_all_cpus(tensor_parallel_size)
@@ -47,7 +53,7 @@ class VLLMEngine(Backend):
             engine_kwargs.setdefault("enable_chunked_prefill", False)
             engine_kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 4096))
         self.llm = LLM(
-            model=str(model_dir), dtype=dtype, max_model_len=max_model_len, seed=seed,
+            model=str(model_dir), dtype=self.precision.dtype, max_model_len=max_model_len, seed=seed,
             tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code,
             enforce_eager=engine_kwargs.pop("enforce_eager", on_cpu),  # CPU: no graph capture
             **engine_kwargs,
@@ -66,10 +72,12 @@ class VLLMEngine(Backend):
 
     def _params(self, sampling: Sampling, seed: int | None):
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
         return SamplingParams(
             max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
             stop=list(sampling.stop), seed=sampling.seed if seed is None else seed,
+            structured_outputs=StructuredOutputsParams(regex=sampling.regex) if sampling.regex else None,
         )
 
     def stream(self, feed: Feed, sampling: Sampling) -> Iterator[Completion]:

@@ -136,10 +136,10 @@ def _open_backend(c: Contender, cfg: Pipeline):
         if c.role == "teacher":
             return open_engine(cfg.teacher)
         if c.backend == "vllm":
-            return VLLMEngine(c.path, chat=c.chat, max_model_len=c.max_len, seed=cfg.evaluate.seed,
-                               trust_remote_code=c.trust_remote_code, max_in_flight=64)
+            return VLLMEngine(c.path, chat=c.chat, dtype=cfg.evaluate.dtype, max_model_len=c.max_len,
+                              seed=cfg.evaluate.seed, trust_remote_code=c.trust_remote_code, max_in_flight=64)
         elif c.backend == "transformers":
-            return HFEngine(c.path, chat=c.chat, trust_remote_code=c.trust_remote_code)
+            return HFEngine(c.path, chat=c.chat, dtype=cfg.evaluate.dtype, trust_remote_code=c.trust_remote_code)
     except RuntimeError as e:  # vLLM's "Engine core initialization failed" (the cause is in its log above)
         raise UserError(f"could not start the {c.backend} engine for the {c.role} ({c.ref}): {str(e).splitlines()[0]}"
                         " -- often too little free memory: stop other engines, lower VLLM_CPU_KVCACHE_SPACE, "

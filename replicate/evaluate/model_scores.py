@@ -88,7 +88,7 @@ def token_scores(s: Scoring) -> dict:
     if todo:
         t, others = token_fidelity.load_scorers((teacher.role, teacher.path, teacher.chat),
                                           [(c.role, c.path, c.chat) for c in cons if c.role != "teacher"],
-                                          trust_remote_code=teacher.trust_remote_code)
+                                          trust_remote_code=teacher.trust_remote_code, dtype=cfg.evaluate.dtype)
         same = {s.role: s.same_tokenizer for s in others}
         roles, alias = token_fidelity.distinct(t, others)
         by_role = {c.role: c for c in cons}

@@ -26,6 +26,7 @@ from replicate.evaluate import metrics as M
 from replicate.evaluate.items import open_items, probe_items
 from replicate.evaluate.model_scores import Scoring
 from replicate.evaluate.scores import ROLES, SPEC, build_scores
+from replicate.precision import resolve as resolve_precision
 from replicate.prompts import user_message
 from replicate.rouge import rouge_l_f
 
@@ -69,6 +70,7 @@ def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = Non
                               ev.seed, lengths)
         scores["bootstrap_s"] = round(time.perf_counter() - t0, 2)
         scores.update(describe(sc, gen, extra))
+        m.set(precision=resolve_precision(ev.dtype, source="evaluate.dtype").as_ledger())  # base, student, token fidelity
         m.set(examples=len(opens), probes=len(probes), models=len(cons),
               judge_prompt_tokens=extra["judge"].get("prompt_tokens", 0),
               judge_output_tokens=extra["judge"].get("output_tokens", 0),

@@ -40,12 +40,16 @@ def prompt_ids(tok, text: str, chat: bool) -> list[int]:
     return list(tok(text, add_special_tokens=not chat)["input_ids"])
 
 
-def _load(path: Path, trust_remote_code: bool):
+def _load(path: Path, trust_remote_code: bool, dtype: str = "auto"):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from replicate.precision import announce, resolve
+
+    p = resolve(dtype, source="evaluate.dtype")  # log-probs are taken in fp32 either way
+    announce(p, "token fidelity")
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, p.dtype), trust_remote_code=trust_remote_code)
     model.eval()
     max_len = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
     return model, tok, max_len
@@ -116,14 +120,14 @@ def same_vocab(tok_a, tok_b) -> bool:
 
 
 def load_scorers(teacher: tuple[str, Path, bool], others: list[tuple[str, Path, bool]],
-                 trust_remote_code: bool = False) -> tuple[Scorer, list[Scorer]]:
+                 trust_remote_code: bool = False, dtype: str = "auto") -> tuple[Scorer, list[Scorer]]:
     """Load the teacher and each distinct (folder) model once; roles sharing a folder share weights."""
     cache: dict[Path, tuple] = {}
 
     def make(role: str, path: Path, chat: bool) -> Scorer:
         key = Path(path).resolve()
         if key not in cache:
-            cache[key] = _load(key, trust_remote_code)
+            cache[key] = _load(key, trust_remote_code, dtype)
         model, tok, max_len = cache[key]
         return Scorer(role=role, path=key, chat=chat, model=model, tok=tok, max_len=max_len)
 

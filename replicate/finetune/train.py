@@ -18,6 +18,8 @@ from replicate.config import Pipeline
 from replicate.errors import BudgetExceeded, UserError, missing_extra
 from replicate.finetune.checks import check_memory, last_good_checkpoint
 from replicate.finetune.data import Collator, pack_examples, read_alpaca, tokenize_examples
+from replicate.precision import Precision, announce
+from replicate.precision import resolve as resolve_precision
 
 PACKABLE_ATTENTION = {"sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"}
 
@@ -47,13 +49,16 @@ def device_info(cfg: Pipeline) -> tuple[float, float | None]:
     return price, catalog.hardware(hw.gpu).peak_flops
 
 
-def _bf16(ft) -> bool:
+def training_precision(ft) -> Precision:
+    """bf16 autocast or fp32: the user's `finetune.bf16`, else bf16 on a GPU that has it and on a
+    CPU only where the probe found bf16 faster (on one without AVX-512 BF16 a LoRA step of the
+    demo's student took ~175 s in bf16: docs/benchmarks.md, "Precision")."""
     import torch
 
     if ft.bf16 is not None:
-        return ft.bf16
-    # None: bf16 autocast where the device has it; CPUs with AVX-512 BF16 (this one) measured fastest too.
-    return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
+        return Precision("bfloat16" if ft.bf16 else "float32", "set by finetune.bf16")
+    p = resolve_precision("auto", cuda=torch.cuda.is_available())
+    return p if p.dtype != "float16" else Precision("float32", "GPU without bf16: fp32 master weights, no autocast")
 
 
 def _score_loss_positions_only_on_cpu() -> None:
@@ -163,7 +168,9 @@ def train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd
 
     # 1. Data, then 2. will it fit? (checked before any weight is loaded), then 3. the model.
     data = prepare_data(cfg, model_dir, train_file)
-    bf16 = _bf16(ft)
+    precision = training_precision(ft)
+    announce(precision, "fine-tuning")
+    bf16 = precision.bf16
     longest = max(len(r["input_ids"]) for r in data.rows) if data.pad_to is None else ft.max_length
     check_memory(cfg, data.hf_config, longest, world)
     model, peft_config, n_params = load_model(cfg, model_dir, bf16)
@@ -184,6 +191,7 @@ def train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd
         trainer.remove_callback(cb)
 
     # 5. Train, resuming from the last complete checkpoint; one ledger line per run or chunk.
+    chunk.set(precision=precision.as_ledger())
     resume = run_trainer(trainer, meter_cb, run_dir, chunk, data.stats, out_dir / "checkpoints", rank)
     summary = meter_cb.summary(trainer.state)  # every rank: the totals are summed across processes
     result = {**summary, "resumed_from_step": _step_of(resume)}

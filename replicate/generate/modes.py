@@ -31,6 +31,7 @@ class SelfInstruct:
         self.seeds = si.load_seed_tasks(cfg.generate.seed_tasks_file)
         self.filters = si.Filters(self.seeds)
         self.stop = tuple(si.STOP)
+        self.regex = si.list_regex() if cfg.generate.structured else None
         self.limit = None
         self.chat = False  # set once the teacher is open (its tokenizer decides)
 
@@ -62,6 +63,7 @@ class Respond:
 
         if not cfg.generate.instructions_file:
             raise UserError("generate.instructions_file: respond mode needs a JSONL file of instructions")
+        self.regex = None  # an answer is free text: nothing to parse
         self.si, self.seed = si, cfg.generate.seed
         self.items = si.load_instructions(cfg.generate.instructions_file)
         self.limit = len(self.items)

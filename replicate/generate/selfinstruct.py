@@ -1,6 +1,6 @@
 """The Alpaca variant of Self-Instruct: prompt, parse, filters; and the `respond` mode's prompts.
 
-One round, as in Stanford Alpaca's generate_instruction.py (teacher calls live in teacher.py):
+One round, as in Stanford Alpaca's generate_instruction.py (teacher calls live in engines/):
 
     seeds = load_seed_tasks()
     filters = Filters(seeds)                        # on resume: filters.remember(row) per kept row
@@ -9,6 +9,9 @@ One round, as in Stanford Alpaca's generate_instruction.py (teacher calls live i
     # assistant message at "4. Instruction:"). Always stop=STOP.
     rows = parse_response(text, finish_reason, filters.stats)   # items 4..19
     kept, dropped = filters.apply(rows)             # rules, then ROUGE-L F > 0.7 -> dropped
+
+With `generate.structured`, the continuation is constrained to that numbered form
+(list_regex: vLLM structured output), so every item parses; docs/generate.md compares the two.
 
 Respond mode: load_instructions(path), respond_prompt(row, chat), respond_rows(row, text, finish).
 
@@ -67,6 +70,29 @@ def stop_strings(num_tasks: int = NUM_TASKS) -> list[str]:
 
 
 STOP = stop_strings()
+
+# Structured output (generate.structured): the teacher's continuation is constrained to the list
+# form parse_response reads, so no item is lost to a broken format. Fields are plain text without
+# "#" (which would end an item early); the instruction is one line; the input is <noinput> or one
+# line; the output is up to OUTPUT_LINES lines, none starting with a digit (a line "5. ..." would be
+# read as the next item's heading). An item may end the list, so the teacher writes as many as it
+# can (1 to NUM_TASKS - 4) and a cut-off last item costs one item, not the response.
+_TEXT = r"[^#\n]"
+OUTPUT_LINES = 8
+
+
+def list_regex(first: int = NUM_PROMPT_INSTRUCTIONS + 1, last: int = NUM_TASKS - 1) -> str:
+    """A regex of the continuation after the prompt's "N. Instruction:": items first..last,
+    each "k. Instruction: ...\nk. Input:\n...\nk. Output:\n...\n###", the first without its
+    heading (the prompt holds it), each after the first optional, nested (vLLM structured output)."""
+    def item(k: int) -> str:
+        return (rf" {_TEXT}{{8,300}}\n{k}\. Input:\n(<noinput>|{_TEXT}{{1,500}})\n{k}\. Output:\n"
+                rf"{_TEXT}{{1,500}}(\n[^#\n0-9]{_TEXT}{{0,300}}){{0,{OUTPUT_LINES - 1}}}\n###")
+
+    regex = ""
+    for k in range(last, first, -1):  # from the innermost (last) item outwards
+        regex = rf"(\n{k}\. Instruction:{item(k)}{regex})?"
+    return item(first) + regex
 
 
 @dataclass(frozen=True)

@@ -195,8 +195,10 @@ class _Run:
                 if not api:  # the engine has imported torch now, so CUDA devices can be named
                     self.m.device = meter.device_name()[0]
             self.mode.chat = teacher.chat
+            if getattr(teacher, "precision", None):  # a local engine: the dtype it computes in, and why
+                self.m.set(precision=teacher.precision.as_ledger())
             sampling = Sampling(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
-                                stop=self.mode.stop, seed=g.seed)
+                                stop=self.mode.stop, seed=g.seed, regex=self.mode.regex)
             bar = dataset.Bar(progress, self.needed, len(self.tally.rows))
             beat = time.perf_counter()
             try:
@@ -219,9 +221,9 @@ class _Run:
 def _settings(cfg: Pipeline) -> dict:
     """What must not change between a run and its resume (the rows would mix two datasets)."""
     t, g = cfg.teacher, cfg.generate
-    return {"mode": g.mode, "teacher": t.model, "chat": t.chat, "seed": g.seed, "temperature": g.temperature,
-            "top_p": g.top_p, "max_tokens": g.max_tokens, "seed_tasks_file": g.seed_tasks_file,
-            "instructions_file": g.instructions_file}
+    return {"mode": g.mode, "structured": g.structured, "teacher": t.model, "chat": t.chat, "seed": g.seed,
+            "temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens,
+            "seed_tasks_file": g.seed_tasks_file, "instructions_file": g.instructions_file}
 
 
 def _spent(run_dir: Path) -> float:
