@@ -5,8 +5,12 @@
         m.add(prompt_tokens=123, output_tokens=456)
         m.set(requests=10)                     # stage-specific fields
 
-On a clean exit the line is appended (one write + fsync, so a kill never leaves half a line);
-on an exception nothing is written for the unfinished work and the exception propagates.
+On a clean exit the line is appended (one write + fsync, so a kill never leaves half a line). On
+an exception (Ctrl-C, SIGTERM, a crash) the line is appended too, marked `interrupted`, and the
+exception goes on: the time was paid for. Against a kill that leaves no time for either, a
+heartbeat thread rewrites the chunk's line to .heartbeat-<stage>.json every HEARTBEAT_S seconds
+from the moment the chunk starts (engine start-up included); the stage's next run appends it,
+marked interrupted (`recover`), so a kill at any moment loses at most HEARTBEAT_S of metered time.
 """
 from __future__ import annotations
 
@@ -14,17 +18,20 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import random
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from replicate import files
 from replicate.rundir import sweep_dirs
 
 LEDGER = "ledger.jsonl"
 TOKEN_FIELDS = ("prompt_tokens", "output_tokens", "trained_tokens")
+HEARTBEAT_S = 5.0  # a chunk killed without warning loses at most this much metered wall time
 
 
 def now_iso() -> str:
@@ -97,14 +104,18 @@ class StageMeter:
     usd_extra: float = 0.0  # per-token API spending, added to the device-hour cost
     started_at: str = field(default_factory=now_iso)
     t0: float = field(default_factory=time.perf_counter)
+    chunk_id: str = field(default_factory=lambda: f"{now_iso()}-{random.getrandbits(32):08x}")
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # the heartbeat reads fields
 
     def add(self, **counts: float) -> None:
         """Accumulate counters (token counts, requests, ...)."""
-        for k, v in counts.items():
-            self.fields[k] = self.fields.get(k, 0) + v
+        with self._lock:
+            for k, v in counts.items():
+                self.fields[k] = self.fields.get(k, 0) + v
 
     def set(self, **values: Any) -> None:
-        self.fields.update(values)
+        with self._lock:
+            self.fields.update(values)
 
     def add_usd(self, usd: float) -> None:
         """Spending that is not device time (API tokens)."""
@@ -130,12 +141,76 @@ class StageMeter:
             "usd": device_hours * self.usd_per_device_hour + self.usd_extra,
             "usd_per_device_hour": self.usd_per_device_hour,
         }
+        with self._lock:
+            fields = dict(self.fields)
         for k in TOKEN_FIELDS:
-            row[k] = int(self.fields.get(k, 0))
+            row[k] = int(fields.get(k, 0))
         row["started_at"] = self.started_at
         row["ended_at"] = now_iso()
-        row.update({k: v for k, v in self.fields.items() if k not in TOKEN_FIELDS})
+        row["chunk_id"] = self.chunk_id
+        row.update({k: v for k, v in fields.items() if k not in TOKEN_FIELDS})
         return row
+
+
+def heartbeat_path(run_dir: str | Path, stage_name: str) -> Path:
+    return Path(run_dir) / f".heartbeat-{stage_name}.json"
+
+
+class Heartbeat:
+    """Rewrites a running chunk's ledger line to its heartbeat file now and every HEARTBEAT_S
+    seconds (a daemon thread: it goes on while the main thread waits on an engine's start-up).
+    On exit it stops; the file is removed once the chunk's line is in the ledger, else left for
+    `recover`."""
+
+    def __init__(self, run_dir: str | Path, m: StageMeter, interval_s: float = HEARTBEAT_S):
+        self.run_dir, self.m, self.interval_s = Path(run_dir), m, interval_s
+        self.path = heartbeat_path(run_dir, m.stage)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{m.stage}", daemon=True)
+
+    def _beat(self) -> None:
+        try:
+            files.write_json(self.path, self.m.row())
+        except OSError:
+            pass  # a full disk must not stop the work; the ledger line at the end still counts
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._beat()
+
+    def __enter__(self) -> Self:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.m.chunk_id in {r.get("chunk_id") for r in ledger(self.run_dir)}:
+            self.path.unlink(missing_ok=True)
+        else:
+            self._beat()  # the most recent time, for `recover`
+
+
+def recover(run_dir: str | Path, stage_name: str, fix: Callable[[dict], dict] | None = None) -> float:
+    """A chunk killed without warning left its heartbeat: append its line once, marked
+    interrupted (`fix` may correct its counts from the stage's own files), and remove the file.
+    Returns the dollars appended (0 when there was nothing to recover)."""
+    path = heartbeat_path(run_dir, stage_name)
+    if not path.exists():
+        return 0.0
+    try:
+        row = files.read_json(path, "")
+    except Exception:  # noqa: BLE001 - torn or garbled: write_atomic makes it near impossible
+        row = None
+    usd = 0.0
+    if isinstance(row, dict) and row.get("chunk_id") not in {r.get("chunk_id") for r in ledger(run_dir)}:
+        row = fix(row) if fix else row
+        row["interrupted"] = True
+        files.append_jsonl(Path(run_dir) / LEDGER, row)
+        usd = row.get("usd") or 0.0
+    path.unlink(missing_ok=True)
+    return usd
 
 
 @contextlib.contextmanager
@@ -147,7 +222,8 @@ def stage(
     device: str | None = None,
     num_devices: int | None = None,
 ) -> Iterator[StageMeter]:
-    """Meter one stage (or one resumed chunk of it) and append its ledger line on success."""
+    """Meter one stage (or one resumed chunk of it): its ledger line is appended when it ends,
+    marked `interrupted` when it ends by an exception; a heartbeat covers a kill."""
     dev, count = device_name()
     m = StageMeter(
         stage=name,
@@ -155,8 +231,14 @@ def stage(
         num_devices=num_devices or count,
         usd_per_device_hour=usd_per_device_hour,
     )
-    yield m
-    files.append_jsonl(Path(run_dir) / LEDGER, m.row())
+    with Heartbeat(run_dir, m):
+        try:
+            yield m
+        except BaseException as e:
+            m.set(interrupted=True, stopped_by=type(e).__name__)
+            files.append_jsonl(Path(run_dir) / LEDGER, m.row())
+            raise
+        files.append_jsonl(Path(run_dir) / LEDGER, m.row())
 
 
 def write_estimate(run_dir: str | Path, stage_name: str, **fields: Any) -> None:

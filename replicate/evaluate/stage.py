@@ -45,6 +45,7 @@ def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = Non
     if not opens and not probes:
         raise UserError("evaluate: nothing to evaluate (evaluate.examples and evaluate.probes are both 0)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    meter.recover(run_dir, "evaluate")  # a chunk killed without warning: its metered time, once
     usd_per_hour = generations.usd_per_device_hour(cfg)
     with meter.stage(run_dir, "evaluate", usd_per_device_hour=usd_per_hour) as m, generations.progress() as bar:
         gen = generations.generate_all(cons, opens, probes, cfg, out_dir, bar, teacher_backend=teacher)

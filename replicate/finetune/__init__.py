@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from replicate import files
+from replicate import files, meter
 from replicate.config import Pipeline
 from replicate.finetune.checks import in_distributed_worker
 from replicate.finetune.launch import launch_processes
@@ -30,6 +30,7 @@ def run_finetune(cfg: Pipeline, run_dir: Path, *, train_file: Path | None = None
     if done.is_file():
         return files.read_json(done, "")
     check_method(cfg.finetune.method)
+    meter.recover(run_dir, "finetune")  # a chunk killed without warning: its metered time, once
     if cfg.finetune.hardware.count > 1 and not in_distributed_worker():
         return launch_processes(cfg, run_dir, train_file, out_dir, max_usd)
     return train(cfg, run_dir, train_file, out_dir, max_usd)

@@ -104,7 +104,7 @@ class _MeterLogic:
     def __init__(self, tally: Tally, *, flops_per_token: float, peak_flops: float | None,
                  usd_per_device_hour: float, world_size: int, steps_path: Path | None,
                  max_usd: float | None = None, started: float | None = None, progress: bool = True,
-                 label: str = "finetune"):
+                 label: str = "finetune", chunk=None):
         self.tally = tally
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
@@ -115,6 +115,7 @@ class _MeterLogic:
         self.started = started  # perf_counter when the stage chunk began (setup counts toward the budget)
         self.show = progress
         self.label = label
+        self.chunk = chunk  # the stage's meter.StageMeter: its heartbeat shows the tokens so far
         self.budget_stopped = False
         self.last_loss: float | None = None
         self._pending: dict | None = None
@@ -148,6 +149,8 @@ class _MeterLogic:
         spent = self.usd(now - (self.started if self.started is not None else self.t0))
         self._pending = {"step": state.global_step, "t": round(now - self.t0, 4), "tokens": self.tally.tokens,
                          "loss_tokens": self.tally.loss_tokens, "crc": self.tally.crcs[-1] if self.tally.crcs else None}
+        if self.chunk is not None:  # this process's count; the ledger line at the end sums all of them
+            self.chunk.set(trained_tokens=self.tally.tokens, global_step=state.global_step)
         # Stop before the step that would cross the budget; every process must agree, or DDP hangs.
         over = self.max_usd is not None and spent + self.usd(step_s) > self.max_usd
         if self.max_usd is not None and _all_reduce([float(over)])[0] > 0:

@@ -7,6 +7,7 @@ launch` (launch.py) every rank runs this same function.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -149,7 +150,19 @@ def learning_rate(cfg: Pipeline) -> float:
 
 def train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd: float | None) -> dict:
     """One process's part of the training (all of it, or one rank under accelerate)."""
-    import torch  # noqa: F401 - before transformers, so the CPU/GPU choice below sees it
+    import torch  # noqa: F401 - imported first, so meter.device_name() can see a CUDA device
+
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    price, peak = device_info(cfg)
+    # The chunk's clock starts now: loading, tokenizing and saving are paid device time too, and
+    # the main process's heartbeat covers them should the process be killed.
+    chunk = meter.StageMeter("finetune", meter.device_name()[0], world, price)
+    with meter.Heartbeat(run_dir, chunk) if rank == 0 else contextlib.nullcontext():
+        return _train(cfg, run_dir, train_file, out_dir, max_usd, chunk, peak)
+
+
+def _train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd: float | None,
+           chunk: meter.StageMeter, peak: float | None) -> dict:
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils.logging import disable_progress_bar
@@ -158,11 +171,8 @@ def train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd
     from replicate.finetune import metering
 
     ft = cfg.finetune
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    price, peak = device_info(cfg)
+    world, rank, price = chunk.num_devices, int(os.environ.get("RANK", "0")), chunk.usd_per_device_hour
     model_dir = weights.resolve(cfg.student.model, trust_remote_code=cfg.student.trust_remote_code)
-    # The chunk's clock starts now: loading, tokenizing and saving are paid device time too.
-    chunk = meter.StageMeter("finetune", meter.device_name()[0], world, price)
     disable_progress_bar()  # transformers' loading bars; the stage draws one bar of its own
     _score_loss_positions_only_on_cpu()
 
@@ -180,7 +190,7 @@ def train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd
     fpt = metering.flops_per_token(n_params, ft.method)
     meter_cb = metering.callback(
         tally, flops_per_token=fpt, peak_flops=peak, usd_per_device_hour=price, world_size=world,
-        steps_path=out_dir / "steps.jsonl", max_usd=max_usd, started=chunk.t0, progress=rank == 0)
+        steps_path=out_dir / "steps.jsonl", max_usd=max_usd, started=chunk.t0, progress=rank == 0, chunk=chunk)
     trainer = metering.metered_trainer_class()(
         model=model, args=sft_config(cfg, out_dir, bf16, world), train_dataset=Dataset.from_list(data.rows),
         processing_class=data.tokenizer,
@@ -274,7 +284,7 @@ def _sigterm_as_interrupt():
 
 
 def _ledger(run_dir: Path, chunk: meter.StageMeter, s: dict, stats, interrupted: bool = False) -> dict:
-    chunk.add(trained_tokens=s["trained_tokens"])
+    chunk.set(trained_tokens=s["trained_tokens"])
     chunk.set(**{k: s[k] for k in ("loss_tokens", "steps_this_run", "global_step", "max_steps", "tokens_per_s",
                                    "model_flops", "mfu", "peak_memory_gb", "padding_fraction", "final_loss",
                                    "budget_stopped")},

@@ -6,7 +6,6 @@ data/ in a run directory:
                       (files.append_jsonl): request id, RNG position, tokens, finish reason,
                       parse/filter counts and the rows it kept. It is the only state a resume
                       needs, and a kill -9 can at worst tear its last line, which is ignored.
-  .chunk.json         heartbeat of the running chunk: its ledger line, should the process die
   train.jsonl         Alpaca rows (instruction, input, output), rewritten atomically per run
   held_out.jsonl      every 1/f-th kept row (f = generate.held_out_fraction), never trained on
   README.md           dataset card: teacher, sampling, seed, counts, filters, tokens, cost
@@ -14,16 +13,15 @@ data/ in a run directory:
 """
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
-from replicate import files, meter
+from replicate import files
 from replicate.errors import UserError
 
 LOG = "log.jsonl"
 SETTINGS = "generation.json"
-HEARTBEAT = ".chunk.json"
 DONE = "done.json"
 ALPACA_KEYS = ("instruction", "input", "output")
 
@@ -74,21 +72,11 @@ def add_counts(a: dict, b: dict) -> dict:
     return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
 
 
-def recover_chunk(run_dir: Path, log: list[dict]) -> float:
-    """A chunk killed mid-run left its heartbeat (written at its start and every few seconds):
-    append its ledger line once, marked interrupted. Tokens, requests and API dollars are summed
-    from its own log lines, so they are exact; its wall time is the later of the last heartbeat
-    and the last finished request. Returns the dollars of the line appended (0 if none)."""
-    path = Path(run_dir) / "data" / HEARTBEAT
-    if not path.exists():
-        return 0.0
-    usd = 0.0
-    try:
-        row = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):  # torn: write_atomic makes that nearly impossible
-        row = None
-    if row and row.get("chunk_id") not in {r.get("chunk_id") for r in meter.ledger(run_dir)}:
-        mine = [r for r in log if r.get("chunk") == row["chunk_id"]]
+def exact_counts(log: list[dict]) -> Callable[[dict], dict]:
+    """For meter.recover: a killed chunk's tokens, requests and API dollars summed from its own
+    log lines (exact), its wall time the later of its last heartbeat and its last finished request."""
+    def fix(row: dict) -> dict:
+        mine = [r for r in log if r.get("chunk") == row.get("chunk_id")]
         row["wall_s"] = max([row["wall_s"]] + [r["t"] for r in mine])
         row["device_hours"] = row["wall_s"] * row["num_devices"] / 3600
         row["usd"] = row["device_hours"] * row["usd_per_device_hour"] + sum(r["usd_api"] for r in mine)
@@ -99,19 +87,9 @@ def recover_chunk(run_dir: Path, log: list[dict]) -> float:
         row["dropped"] = {}
         for r in mine:
             row["dropped"] = add_counts(row["dropped"], r["dropped"])
-        row["interrupted"] = True
-        files.append_jsonl(Path(run_dir) / meter.LEDGER, row)
-        usd = row["usd"]
-    path.unlink()
-    return usd
+        return row
 
-
-def write_heartbeat(run_dir: Path, row: dict) -> None:
-    files.write_json(Path(run_dir) / "data" / HEARTBEAT, row)
-
-
-def clear_heartbeat(run_dir: Path) -> None:
-    (Path(run_dir) / "data" / HEARTBEAT).unlink(missing_ok=True)
+    return fix
 
 
 def write_dataset(data_dir: Path, rows: list[dict], fraction: float) -> tuple[int, int]:

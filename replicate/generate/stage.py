@@ -15,8 +15,6 @@ left (requests that were in flight), then goes on. Files: see dataset.py.
 from __future__ import annotations
 
 import math
-import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +26,6 @@ from replicate.generate import dataset
 from replicate.generate.modes import make_mode
 
 GIVE_UP_AFTER = 32  # finished requests without one kept row: the teacher is not producing data
-HEARTBEAT_S = 5.0  # a killed chunk's ledger line misses at most this much wall time
 
 
 @dataclass
@@ -73,7 +70,7 @@ def run_generate(cfg: Pipeline, run_dir: Path, *, max_usd: float | None = None,
     mode = make_mode(cfg)  # reads and checks the input files before any engine starts
     dataset.check_settings(data_dir, _settings(cfg))
     log = dataset.read_log(data_dir)
-    recovered_usd = dataset.recover_chunk(run_dir, log)  # a killed chunk's ledger line, appended once
+    recovered_usd = meter.recover(run_dir, "generate", dataset.exact_counts(log))  # a killed chunk's line, once
     if max_usd is not None:
         max_usd -= recovered_usd  # the caller's allowance was computed without it
         if max_usd <= 0:
@@ -113,7 +110,6 @@ class _Run:
         self.in_flight: dict[str, tuple[int, dict]] = {}  # request id -> (index, prompt metadata)
         self.stop: str | None = None
         self.prior_usd, self.prior_requests = _spent(run_dir), tally.requests
-        self.chunk_id = f"{meter.now_iso()}-{random.getrandbits(32):08x}"
         self.usd_h, self.api, self.price_note = _pricing(cfg)
 
     @property
@@ -166,7 +162,7 @@ class _Run:
         rec = {"index": i, "request_id": c.request_id, "rng": {"seed": self.cfg.generate.seed, "index": i}, **meta,
                "finish_reason": c.finish_reason, "empty": not c.text.strip(), "prompt_tokens": c.prompt_tokens,
                "output_tokens": c.output_tokens, "latency_s": round(c.latency_s, 3), "parsed": parsed,
-               "dropped": dropped, "rows": kept, "chunk": self.chunk_id, "t": round(self.m.wall_s, 3),
+               "dropped": dropped, "rows": kept, "chunk": self.m.chunk_id, "t": round(self.m.wall_s, 3),
                "usd_api": usd_api}
         files.append_jsonl(self.run_dir / "data" / dataset.LOG, rec)
         self.tally.add(rec)
@@ -183,9 +179,8 @@ class _Run:
         api = t.backend == "openai"
         with meter.stage(self.run_dir, "generate", usd_per_device_hour=self.usd_h,
                          device=f"api: {t.model}" if api else None, num_devices=1 if api else t.hardware.count) as self.m:
-            self.m.set(chunk_id=self.chunk_id, mode=g.mode, teacher=t.model, backend=t.backend,
-                       resumed=self.tally.requests > 0, requests=0, parsed=0, kept=0, dropped={}, startup_s=0.0)
-            dataset.write_heartbeat(self.run_dir, self.m.row())  # from now on a kill still gets a ledger line
+            self.m.set(mode=g.mode, teacher=t.model, backend=t.backend, resumed=self.tally.requests > 0,
+                       requests=0, parsed=0, kept=0, dropped={}, startup_s=0.0)
             own = teacher is None
             if own:
                 from replicate.engines import open_engine
@@ -200,21 +195,15 @@ class _Run:
             sampling = Sampling(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
                                 stop=self.mode.stop, seed=g.seed, regex=self.mode.regex)
             bar = dataset.Bar(progress, self.needed, len(self.tally.rows))
-            beat = time.perf_counter()
             try:
                 for c in teacher.stream(self.feed, sampling):
                     self.record(c)
                     bar.update(len(self.tally.rows), self.m.fields["output_tokens"] / self.m.wall_s,
                                self.prior_usd + self.spent())
-                    if time.perf_counter() - beat > HEARTBEAT_S:
-                        dataset.write_heartbeat(self.run_dir, self.m.row())
-                        beat = time.perf_counter()
             finally:
                 bar.close()
                 if own:
                     teacher.close()
-                dataset.write_heartbeat(self.run_dir, self.m.row())  # an exception skips the ledger line below
-        dataset.clear_heartbeat(self.run_dir)
         return self.stop
 
 

@@ -1,0 +1,76 @@
+"""Metering without gaps: a heartbeat on a timer, the interrupted line of a chunk that ended by an
+exception, and a kill at any moment (engine start-up included) recovered on the next run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from replicate import files, meter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_heartbeat_keeps_the_line_current_while_the_main_thread_waits(tmp_path, monkeypatch):
+    m = meter.StageMeter("generate", "cpu: test", 1, 3.6)  # $3.6/h = $0.001/s
+    with meter.Heartbeat(tmp_path, m, interval_s=0.05):
+        m.add(output_tokens=7)
+        time.sleep(0.4)  # the main thread blocked (an engine starting): no code of ours runs
+        beat = files.read_json(meter.heartbeat_path(tmp_path, "generate"), "")
+        assert beat["wall_s"] >= 0.25 and beat["output_tokens"] == 7 and beat["chunk_id"] == m.chunk_id
+    # nothing in the ledger yet: the heartbeat stays for `recover`, with the final time
+    assert meter.heartbeat_path(tmp_path, "generate").exists()
+    assert meter.recover(tmp_path, "generate") == pytest.approx(m.wall_s * 0.001, rel=0.2)
+    (line,) = meter.ledger(tmp_path)
+    assert line["interrupted"] and line["output_tokens"] == 7 and line["wall_s"] >= 0.4
+    assert meter.recover(tmp_path, "generate") == 0.0 and len(meter.ledger(tmp_path)) == 1  # once only
+
+
+def test_a_chunk_ended_by_an_exception_is_still_metered(tmp_path):
+    with pytest.raises(KeyboardInterrupt), meter.stage(tmp_path, "evaluate", usd_per_device_hour=1.0) as m:
+        m.add(output_tokens=3)
+        raise KeyboardInterrupt
+    (line,) = meter.ledger(tmp_path)
+    assert line["interrupted"] and line["stopped_by"] == "KeyboardInterrupt" and line["output_tokens"] == 3
+    assert not meter.heartbeat_path(tmp_path, "evaluate").exists()  # the line is in: nothing to recover
+    assert meter.recover(tmp_path, "evaluate") == 0.0 and len(meter.ledger(tmp_path)) == 1
+
+
+def test_a_finished_chunk_leaves_one_line_and_no_heartbeat(tmp_path):
+    with meter.stage(tmp_path, "finetune") as m:
+        m.set(trained_tokens=10)
+    (line,) = meter.ledger(tmp_path)
+    assert "interrupted" not in line and line["trained_tokens"] == 10
+    assert not meter.heartbeat_path(tmp_path, "finetune").exists()
+
+
+@pytest.mark.slow
+def test_kill_during_engine_start_is_recovered_with_its_wall_time(tmp_path):
+    """SIGKILL `replicate generate` (and its engine processes) while the vLLM engine is starting:
+    no request has finished, yet the next run's ledger gets the chunk's time within a heartbeat."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "replicate", "generate", str(ROOT / "pipelines" / "tiny-cpu.yaml"),
+           "--run-dir", str(run_dir), "--set", "generate.examples=4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    t0 = time.perf_counter()
+    beat = meter.heartbeat_path(run_dir, "generate")
+    deadline = t0 + 120
+    while not (beat.exists() and files.read_json(beat, "")["wall_s"] >= 2 * meter.HEARTBEAT_S):
+        assert proc.poll() is None and time.perf_counter() < deadline, "the stage did not start"
+        time.sleep(0.2)
+    assert not (run_dir / "data" / "log.jsonl").exists()  # still starting: nothing finished
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and every engine process it started
+    proc.wait()
+    killed_after = time.perf_counter() - t0
+    from replicate.generate import dataset
+
+    usd = meter.recover(run_dir, "generate", dataset.exact_counts(dataset.read_log(run_dir / "data")))
+    (line,) = meter.ledger(run_dir)
+    assert line["interrupted"] and line["requests"] == 0 and usd == line["usd"] > 0
+    # the process lived killed_after seconds, minus its own start-up before the meter began
+    assert killed_after - meter.HEARTBEAT_S - 10 < line["wall_s"] <= killed_after
