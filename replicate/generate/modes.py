@@ -30,8 +30,8 @@ class SelfInstruct:
         self.si, self.seed = si, cfg.generate.seed
         self.seeds = si.load_seed_tasks(cfg.generate.seed_tasks_file)
         self.filters = si.Filters(self.seeds)
-        self.stop = tuple(si.STOP)
         self.regex = si.list_regex() if cfg.generate.structured else None
+        self.stop = () if self.regex else tuple(si.STOP)  # structured: the regex ends the list
         self.limit = None
         self.chat = False  # set once the teacher is open (its tokenizer decides)
 

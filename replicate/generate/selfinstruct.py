@@ -73,11 +73,12 @@ STOP = stop_strings()
 
 # Structured output (generate.structured): the teacher's continuation is constrained to the list
 # form parse_response reads, so no item is lost to a broken format. Fields are plain text without
-# "#" (which would end an item early); the instruction is one line; the input is <noinput> or one
-# line; the output is up to OUTPUT_LINES lines, none starting with a digit (a line "5. ..." would be
-# read as the next item's heading). An item may end the list, so the teacher writes as many as it
-# can (1 to NUM_TASKS - 4) and a cut-off last item costs one item, not the response.
-_TEXT = r"[^#\n]"
+# "#" (which ends an item); the instruction is one line of at least 8 characters; the input is
+# <noinput> or one line; the output is up to OUTPUT_LINES lines. No line may start with digits and a
+# dot ("5. Instruction:" would be read as a heading; a number such as "42" or "1990s" is fine). An
+# item may end the list, so the teacher writes as many as it likes (1 to NUM_TASKS - 4) and an item
+# cut off by max_tokens costs that item only. No stop strings are needed: the regex ends the list.
+_LINE = r"([^#\n0-9][^#\n]*|[0-9]+([^#\n.0-9][^#\n]*)?)"
 OUTPUT_LINES = 8
 
 
@@ -86,8 +87,8 @@ def list_regex(first: int = NUM_PROMPT_INSTRUCTIONS + 1, last: int = NUM_TASKS -
     each "k. Instruction: ...\nk. Input:\n...\nk. Output:\n...\n###", the first without its
     heading (the prompt holds it), each after the first optional, nested (vLLM structured output)."""
     def item(k: int) -> str:
-        return (rf" {_TEXT}{{8,300}}\n{k}\. Input:\n(<noinput>|{_TEXT}{{1,500}})\n{k}\. Output:\n"
-                rf"{_TEXT}{{1,500}}(\n[^#\n0-9]{_TEXT}{{0,300}}){{0,{OUTPUT_LINES - 1}}}\n###")
+        return (rf" [^#\n]{{8}}[^#\n]*\n{k}\. Input:\n(<noinput>|{_LINE})\n{k}\. Output:\n"
+                rf"{_LINE}(\n{_LINE}){{0,{OUTPUT_LINES - 1}}}\n###")
 
     regex = ""
     for k in range(last, first, -1):  # from the innermost (last) item outwards
