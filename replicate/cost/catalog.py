@@ -61,6 +61,7 @@ class Device:
     host_link_gb_per_s: float
     gpus_per_node: int
     defaults: dict = field(default_factory=dict)  # per-device efficiencies (CPU), see hardware.yaml
+    sm_count: int = 0  # streaming multiprocessors (GEMM wave quantisation); 0 = not a GPU
 
     @property
     def peak_flops(self) -> float:
@@ -96,6 +97,7 @@ def hardware(key: str) -> Device:
         host_link_gb_per_s=float(e["host_link_gb_per_s"]),
         gpus_per_node=int(e["gpus_per_node"]),
         defaults=dict(e.get("defaults") or {}),
+        sm_count=int(e.get("sm_count") or 0),
     )
 
 
