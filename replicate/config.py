@@ -216,6 +216,9 @@ class Published(Strict):
     """Where the numbers come from (URL and date)."""
     notes: str | None = None
     """What the figures include or leave out, and which inputs are inferred."""
+    disputed: str | None = None
+    """Why this wall-clock is shown but not fitted to nor held to the tolerance: another primary
+    source measured the same recipe and disagrees (docs/cost-model.md, "Published replications")."""
 
 
 class Budget(Strict):

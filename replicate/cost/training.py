@@ -26,7 +26,7 @@ from statistics import NormalDist
 
 from replicate.cost.catalog import Device, ModelShape
 from replicate.cost.memory import TrainSetup, fits, layer_linears, lora_params, setup_variants, training_bytes
-from replicate.cost.params import stack
+from replicate.cost.params import elementwise_scale, stack
 
 _NORMAL = NormalDist()
 TILE = 128  # output tile of a tensor-core GEMM kernel (cuBLAS/CUTLASS default 128x128)
@@ -85,13 +85,15 @@ def gemm_s(m: float, n: int, k: float, device: "Chip", p: dict) -> float:
     each as long as one tile's 2 x 128 x 128 x k FLOPs at the SM's share of peak x train_mfu. A
     matmul that reads more bytes than it computes is memory-bound instead. E.g. A100 (108 SMs),
     380 tokens x 8192 -> 22016 (65B MLP): 3 x 172 = 516 tiles = 4.8 -> 5 waves, 96 % busy;
-    380 tokens x 896 -> 896 (0.5B): 3 x 7 = 21 tiles, one wave, 19 % busy. On a CPU (no SMs) the
+    380 tokens x 896 -> 896 (0.5B): 3 x 7 = 21 tiles; split-K cuts k = 896 into 3 chunks, so 63 of
+    132 SMs work (48 %); a LoRA rank-16 matmul (3 tiles) splits k 28 ways. On a CPU (no SMs) the
     old smooth penalties tokens_half / d_model_half apply instead."""
     flops = 2 * m * n * k
-    if device.sm_count:
+    if device.sm_count:  # too few tiles: split k across idle SMs (cuBLAS split-K), k chunks >= 256
         tiles = math.ceil(m / TILE) * math.ceil(n / TILE)
-        waves = math.ceil(tiles / device.sm_count)
-        t = waves * 2 * TILE * TILE * k / (device.peak_flops / device.sm_count * p["train_mfu"])
+        split = max(1, min(device.sm_count // tiles, int(k // 256)))
+        waves = math.ceil(tiles * split / device.sm_count)
+        t = waves * 2 * TILE * TILE * (k / split) / (device.peak_flops / device.sm_count * p["train_mfu"])
     else:
         eff = p["train_mfu"]
         if p.get("tokens_half"):
@@ -113,7 +115,7 @@ class Chip:
 
 @functools.lru_cache(maxsize=65536)
 def _layer_compute(shape: ModelShape, device: Chip, tokens: float, seq_len: float, batch: int, method: str,
-                   recompute: bool, lora_r: int, lora_targets: tuple, flash: bool, fused: bool,
+                   recompute: bool, lora_r: int, lora_targets: tuple, flash: bool, elem_scale: float,
                    pkey: tuple) -> tuple:
     """(forward s, backward s, FLOPs) of ONE decoder layer for `tokens` tokens, plus the LM head.
 
@@ -122,7 +124,8 @@ def _layer_compute(shape: ModelShape, device: Chip, tokens: float, seq_len: floa
     Attention: flash/sdpa at train_mfu (2 x seq x attn_dim FLOPs per token forward, causal, 2.5x
     that backward); without flash (2023 eager) the s^2 scores also cross memory. Elementwise
     (norms, rotary, SiLU x up, residuals) moves elementwise_bytes_d x d + elementwise_bytes_ff x
-    d_ff bytes per token per layer, forward and backward together (a third of that fused)."""
+    d_ff bytes per token per layer, forward and backward together, times the stack's scale
+    (params.elementwise_scale: 2023 unfused fp32 upcasts, 2025 the hand count, fused a third)."""
     p = dict(pkey)
     t = tokens
     full = method == "full"
@@ -151,7 +154,7 @@ def _layer_compute(shape: ModelShape, device: Chip, tokens: float, seq_len: floa
         attn += 36 * batch * shape.heads * seq_len * seq_len / hbm / 3.5
     fwd += attn
     bwd += 2.5 * attn
-    elem = (1 / 3 if fused else 1.0) * t * (p["elementwise_bytes_d"] * shape.d_model + p["elementwise_bytes_ff"] * shape.d_ff) / hbm
+    elem = elem_scale * t * (p["elementwise_bytes_d"] * shape.d_model + p["elementwise_bytes_ff"] * shape.d_ff) / hbm
     fwd += elem / 3
     bwd += 2 * elem / 3
     if recompute:
@@ -161,7 +164,7 @@ def _layer_compute(shape: ModelShape, device: Chip, tokens: float, seq_len: floa
     head_f = gemm_s(t, shape.vocab, shape.d_model, device, p)
     head_b = gemm_s(t, shape.d_model, shape.vocab, device, p) + (gemm_s(shape.d_model, shape.vocab, t, device, p)
                                                                   if full else 0.0)
-    loss = (1 / 3 if fused else 1.0) * t * shape.vocab * p["loss_bytes_per_logit"] / hbm
+    loss = elem_scale * t * shape.vocab * p["loss_bytes_per_logit"] / hbm
     head = head_f + head_b + loss
     flops_head = 2 * t * shape.d_model * shape.vocab * (3 if full else 2)
     return fwd, bwd, flops, head, flops_head
@@ -240,10 +243,10 @@ def _time(shape: ModelShape, device: Device, count: int, job: TrainJob, p: dict,
     tokens = setup.micro_batch * setup.seq_len  # per device per micro-step
     pkey = tuple(sorted((k, v) for k, v in p.items() if isinstance(v, (int, float))))
     chip = Chip(device.peak_flops, device.sm_count, device.hbm_bytes_per_s)
-    fused = st["fused_kernels"] if job.fused is None else job.fused
+    scale = elementwise_scale(job.software, job.fused, p)
     fwd, bwd, lflops, head, hflops = _layer_compute(shape, chip, tokens, setup.seq_len, setup.micro_batch, method,
                                                     setup.recompute, setup.lora_r, tuple(setup.lora_targets),
-                                                    job.attention != "eager", fused, pkey)
+                                                    job.attention != "eager", scale, pkey)
     compute = shape.layers * (fwd + bwd) + head
     flops = shape.layers * lflops + hflops
 
