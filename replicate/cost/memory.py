@@ -11,6 +11,7 @@ Training, per device:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 from replicate.cost.catalog import Device, ModelShape
@@ -72,6 +73,7 @@ def layer_linears(shape: ModelShape) -> list[tuple[str, int, int]]:
     return [(m, *_MODULE_DIMS[m](shape)) for m in mods]
 
 
+@functools.lru_cache(maxsize=4096)  # targets: a tuple (hashable) or an int
 def lora_params(shape: ModelShape, r: int, targets) -> int:
     """Adapter parameters: r x (d_in + d_out) for every targeted module of every layer.
 

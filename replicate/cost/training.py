@@ -59,6 +59,9 @@ class TrainTime:
     seq_len: float  # padded tokens per sequence
     matmul_efficiency: float  # fraction of peak the micro-step's compute reaches (GEMMs + elementwise)
     step_parts_s: dict = field(default_factory=dict)  # one micro-step: compute, comm, layers, offload
+    micro_step_s: float = 0.0  # one micro-step, all parts
+    opt_step_s: float = 0.0  # what each optimizer step adds (all-reduce, Adam)
+    accum: int = 1  # micro-steps per optimizer step
     setup: TrainSetup | None = None
     adjusted: list[str] = field(default_factory=list)
     memory_gb: float = 0.0  # per device
@@ -210,38 +213,41 @@ def _seq(job: TrainJob, micro_batch: int) -> tuple[float, float]:
 def finetune_time(shape: ModelShape, device: Device, count: int, job: TrainJob, p: dict) -> TrainTime:
     """Seconds (and the regime behind them) of `job` on `count` x `device`; raises NoFit.
 
-    When the configured setup does not fit in memory, every variant of memory.setup_variants that
-    fits is timed and the fastest is used (gradient checkpointing, sharding, offload, a paged
-    optimizer, smaller micro-batches: whichever costs least time, not the first in a list)."""
+    When the configured setup does not fit in memory, the variants of memory.setup_variants that
+    fit at the largest micro-batch are timed and the fastest is used: gradient checkpointing,
+    sharding, offload and a paged optimizer are all tried (whichever costs least time) before the
+    micro-batch shrinks, and it shrinks only as far as memory needs."""
     sequences, seq_len = _seq(job, job.micro_batch)
     configured = TrainSetup(job.method, job.micro_batch, seq_len, job.recompute, job.zero_stage if count > 1 else 0,
                             job.offload, count, job.lora_r, tuple(job.lora_targets), job.paged)
+    pkey = tuple(sorted((k, v) for k, v in p.items() if isinstance(v, (int, float))))
     if fits(device, training_bytes(shape, configured)):
-        return _time(shape, device, count, job, p, configured, sequences, [])
-    best, smallest = None, math.inf
-    for v, notes in setup_variants(configured):
+        return _time(shape, device, count, job, p, configured, sequences, [], pkey)
+    best, smallest, level = None, math.inf, None
+    for v, notes in setup_variants(configured):  # micro-batch descending: the largest that fits wins
+        if best is not None and v.micro_batch < level:
+            break
         seqs, sl = _seq(job, v.micro_batch)
         v = replace(v, seq_len=sl)
         need = training_bytes(shape, v)
         smallest = min(smallest, need)
         if not fits(device, need):
             continue
-        t = _time(shape, device, count, job, p, v, seqs, notes)
+        t = _time(shape, device, count, job, p, v, seqs, notes, pkey)
         if best is None or t.wall_s < best.wall_s:
-            best = t
+            best, level = t, v.micro_batch
     if best is None:
         raise NoFit(smallest)
     return best
 
 
 def _time(shape: ModelShape, device: Device, count: int, job: TrainJob, p: dict, setup: TrainSetup,
-          sequences: float, adjusted: list[str]) -> TrainTime:
+          sequences: float, adjusted: list[str], pkey: tuple) -> TrainTime:
     method, n, st = job.method, shape.params, stack(job.software)
     accum = job.grad_accum * max(1, job.micro_batch // setup.micro_batch)  # same global batch
     micro_steps = math.ceil(sequences * job.epochs / (setup.micro_batch * count))
     opt_steps = math.ceil(micro_steps / accum)
     tokens = setup.micro_batch * setup.seq_len  # per device per micro-step
-    pkey = tuple(sorted((k, v) for k, v in p.items() if isinstance(v, (int, float))))
     chip = Chip(device.peak_flops, device.sm_count, device.hbm_bytes_per_s)
     scale = elementwise_scale(job.software, job.fused, p)
     fwd, bwd, lflops, head, hflops = _layer_compute(shape, chip, tokens, setup.seq_len, setup.micro_batch, method,
@@ -308,7 +314,18 @@ def _time(shape: ModelShape, device: Device, count: int, job: TrainJob, p: dict,
         step_parts_s={"compute": compute, "comm": comm, "launch": launch, "shard": shard, "offload": offload_s,
                       "allreduce_per_opt_step": allreduce, "optimizer_per_opt_step": optimizer},
         setup=setup, adjusted=adjusted, memory_gb=training_bytes(shape, setup) / 1e9,
+        micro_step_s=micro, opt_step_s=allreduce + optimizer, accum=accum,
     )
+
+
+def scaled_wall_s(t: TrainTime, job: TrainJob, examples: float, count: int) -> float:
+    """Wall-clock of the same setup on `examples` rows (plan: one timing per setup, then per size).
+    Exact for what grows with the data (micro-steps, optimizer steps); start-up and the final save
+    do not grow; no intermediate checkpoints (the plan's jobs save once)."""
+    seqs = math.ceil(examples * min(job.tokens_per_example, job.max_length) / job.max_length) if job.packing \
+        else examples
+    micro = math.ceil(seqs * job.epochs / (t.setup.micro_batch * count))
+    return t.startup_s + t.checkpoint_s + micro * t.micro_step_s + math.ceil(micro / t.accum) * t.opt_step_s
 
 
 class NoFit(Exception):
