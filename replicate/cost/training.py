@@ -142,8 +142,11 @@ def _layer_compute(shape: ModelShape, device: Chip, tokens: float, seq_len: floa
         flops += 2 * t * d_in * d_out * (3 if full else 2)
         if not full and (all_lin or name in targets):  # x A (d_in -> r), then B (r -> d_out)
             a, b = gemm_s(t, lora_r, d_in, device, p), gemm_s(t, d_out, lora_r, device, p)
-            fwd += a + b
-            bwd += 2 * (a + b)
+            # PEFT's adapter path is elementwise too: dropout copies x, the output is scaled and
+            # added: ~4 d_in + 6 d_out bytes per token forward, twice that backward.
+            lora_elem = t * (4 * d_in + 6 * d_out) / (device.hbm_bytes_per_s * p["hbm_efficiency"])
+            fwd += a + b + lora_elem
+            bwd += 2 * (a + b + lora_elem)
             flops += 6 * t * lora_r * (d_in + d_out)
     if method == "qlora":  # NF4 -> bf16 before every matmul: read 0.53 B + write 2 B per weight, per pass
         n_layer = sum(i * o for _, i, o in layer_linears(shape))
