@@ -40,10 +40,10 @@ class Run:
 
 
 def published_runs() -> list[Run]:
-    from replicate.cost.published import published_dir
+    from replicate import files
 
     out = []
-    for path in sorted(published_dir().glob("*.yaml")):
+    for path in sorted((files.shipped("pipelines") / "published").glob("*.yaml")):
         cfg = load_pipeline(path)
         if cfg.published and cfg.published.wall_hours and not cfg.published.disputed:
             out.append(Run(cfg.name, cfg, cfg.published.wall_hours))

@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass, field, replace
 
 from replicate.cost import catalog
+from replicate.cost.estimate import RECIPES
 from replicate.cost.generation import NoFitInference, api_wall_s, selfhosted_time
 from replicate.cost.params import DEFAULTS, params_for
-from replicate.cost.estimate import RECIPES
 from replicate.cost.training import NoFit, TrainJob, finetune_time, scaled_wall_s
 from replicate.cost.workload import ALPACA
 from replicate.errors import UserError

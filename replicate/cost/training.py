@@ -81,7 +81,7 @@ def collective_s(size_bytes: float, count: int, device: Device, p: dict) -> floa
     return size_bytes * (count - 1) / count / (bw * 1e9 * p["comm_efficiency"])
 
 
-def gemm_s(m: float, n: int, k: float, device: "Chip", p: dict) -> float:
+def gemm_s(m: float, n: int, k: float, device: Chip, p: dict) -> float:
     """Seconds of one (m x k) @ (k x n) bf16 matmul.
 
     On a GPU the output is cut into 128x128 tiles, one per SM at a time: ceil(tiles / SMs) waves,
