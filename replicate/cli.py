@@ -45,7 +45,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     cfg = load_pipeline(args.pipeline, args.overrides)
     est = estimate_pipeline(cfg, prices_year=args.prices, calibration=load_calibration(args.calibration),
-                            source=args.pipeline).to_dict()
+                            source=args.pipeline, software=args.software).to_dict()
     if cfg.published is not None:
         est["published"] = cfg.published.model_dump(exclude_none=True)
     if args.json:
@@ -61,7 +61,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     if args.top <= 0:
         raise UserError(f"--top: must be positive, got {args.top}")
-    result = plan(args.budget, args.prices, args.teacher, args.top)
+    result = plan(args.budget, args.prices, args.teacher, args.top, max_hours=args.max_hours,
+                  objective=args.objective, software=args.software)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -195,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_arg(p)
     p.add_argument("--prices", type=int, help="price year (default: the YAML's `prices`)")
     p.add_argument("--calibration", help="YAML written by `replicate calibrate`")
+    p.add_argument("--software", type=int, choices=(2023, 2026),
+                   help="re-cost fine-tuning with that year's stack and recipe (docs/cost-model.md, Software)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_estimate)
 
@@ -203,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prices", type=int, default=2026)
     p.add_argument("--teacher", default="gpt-4o-mini", help="teacher (API model or catalog model)")
     p.add_argument("--top", type=int, default=10)
+    p.add_argument("--max-hours", type=float, default=24.0, help="wall-clock limit, data + fine-tuning (default 24)")
+    p.add_argument("--objective", default="quality", choices=("quality", "cost", "time"),
+                   help="how options are ranked (docs/cost-model.md, `replicate plan`)")
+    p.add_argument("--software", type=int, default=2026, choices=(2023, 2026), help="training stack and recipe year")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 

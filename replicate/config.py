@@ -135,6 +135,14 @@ class Finetune(Strict):
     """ZeRO/FSDP sharding stage for multi-device full fine-tuning (0 = plain DDP)."""
     cpu_offload: bool = False
     """Offload optimizer state to the host (ZeRO-offload)."""
+    sharding: Literal["fsdp", "deepspeed"] = "fsdp"
+    """Which ZeRO-3 implementation (cost model): 2023's HF Trainer FSDP did not prefetch the next
+    layer's weights, DeepSpeed did (docs/cost-model.md, "Sharding")."""
+    paged_optimizer: bool = False
+    """Paged AdamW (bitsandbytes): optimizer state pages to host memory under pressure (QLoRA)."""
+    software: int | None = Field(None, ge=2023, le=2030)
+    """Year of the training stack the cost model assumes (FSDP prefetch, fused kernels); None =
+    2026, today's stack (docs/cost-model.md, "Software")."""
     save_steps: PositiveInt = 50
     """Optimizer steps between checkpoints (a killed run resumes from the last one)."""
     seed: int = 0
@@ -218,6 +226,9 @@ class Published(Strict):
     """Where the numbers come from (URL and date)."""
     notes: str | None = None
     """What the figures include or leave out, and which inputs are inferred."""
+    disputed: str | None = None
+    """Why this wall-clock is shown but not fitted to nor held to the tolerance: another primary
+    source measured the same recipe and disagrees (docs/cost-model.md, "Published replications")."""
 
 
 class Budget(Strict):

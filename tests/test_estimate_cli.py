@@ -53,7 +53,8 @@ def test_bad_input_exits_2_with_one_line_in_a_real_process():
                        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
     assert p.returncode == 2
     assert p.stderr.strip() == (f"replicate: error: {ALPACA}: finetune.hardware.gpu: unknown GPU 'a100' (known: a10, "
-                                "a100-40gb, a100-80gb, a10g, cpu, h100-pcie, h100-sxm, h200, l4, rtx-4090, v100)")
+                                "a100-40gb, a100-80gb, a10g, a40, cpu, h100-pcie, h100-sxm, h200, l4, l40s, rtx-4090, "
+                                "rtx-a6000, v100)")
 
 
 @pytest.mark.parametrize("args, message", [

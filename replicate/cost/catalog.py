@@ -61,6 +61,7 @@ class Device:
     host_link_gb_per_s: float
     gpus_per_node: int
     defaults: dict = field(default_factory=dict)  # per-device efficiencies (CPU), see hardware.yaml
+    sm_count: int = 0  # streaming multiprocessors (GEMM wave quantisation); 0 = not a GPU
     peak_fp32_tflops: float | None = None  # CPUs: the fp32 peak, for a processor without native bf16
     defaults_fp32: dict = field(default_factory=dict)  # CPUs: efficiencies measured computing in fp32
     dtype: str = "bfloat16"  # what the stage computes in on this device (in_precision)
@@ -113,6 +114,7 @@ def hardware(key: str) -> Device:
         host_link_gb_per_s=float(e["host_link_gb_per_s"]),
         gpus_per_node=int(e["gpus_per_node"]),
         defaults=dict(e.get("defaults") or {}),
+        sm_count=int(e.get("sm_count") or 0),
         peak_fp32_tflops=float(e["peak_fp32_tflops"]) if e.get("peak_fp32_tflops") else None,
         defaults_fp32=dict(e.get("defaults_fp32") or {}),
     )

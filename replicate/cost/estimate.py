@@ -1,7 +1,7 @@
 """The cost model: a pipeline.yaml -> GPU-hours, wall-clock and dollars per stage, without running it.
 
-Pure functions, no torch. Stage physics live in cost_generate.py (teacher data, evaluation
-outputs) and cost_finetune.py (training); memory fits in memory.py; tables in catalog.py.
+Pure functions, no torch. Stage physics live in generation.py (teacher data, evaluation
+outputs) and training.py (training); memory fits in memory.py; tables in catalog.py.
 
     est = estimate_pipeline(load_pipeline("pipelines/published/alpaca-2023.yaml"))
     est.total["usd"]          # ~600
@@ -14,12 +14,12 @@ to measured runs (calibration.py). docs/cost-model.md explains every formula and
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from replicate.config import Pipeline
 from replicate.cost import catalog
 from replicate.cost.generation import NoFitInference, api_wall_s, selfhosted_time
-from replicate.cost.params import DEFAULTS, at_key, check_calibration, params_for, usd_range
+from replicate.cost.params import DEFAULTS, at_key, check_calibration, params_for, stack, usd_range
 from replicate.cost.training import NoFit, TrainJob, finetune_time
 from replicate.cost.workload import ALPACA, Workload, workload
 from replicate.errors import UserError
@@ -135,16 +135,29 @@ def generate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
     return st
 
 
-def train_job(cfg: Pipeline, w: Workload) -> TrainJob:
+# `--software YEAR`: the same copy with that year's typical recipe, not only its stack. 2023 = HF
+# Trainer with eager attention and batches padded to their longest row; 2026 = FlashAttention/sdpa,
+# packing and compiled (fused) kernels. Each is an assumption stated in the estimate's notes.
+RECIPES = {2023: {"attention": "eager", "packing": False, "fused": False},
+           2026: {"attention": "flash", "packing": True, "fused": True}}
+
+
+def train_job(cfg: Pipeline, w: Workload, software: int | None = None) -> TrainJob:
     f = cfg.finetune
-    return TrainJob(method=f.method, examples=w.trained, tokens_per_example=w.tokens_per_example, epochs=f.epochs,
-                    max_length=f.max_length, packing=f.packing, padding=f.padding, length_sigma=cfg.data.length_sigma,
-                    micro_batch=f.batch_size, grad_accum=f.gradient_accumulation, recompute=f.gradient_checkpointing,
-                    zero_stage=f.zero_stage, offload=f.cpu_offload, save_steps=f.save_steps, lora_r=f.lora_r,
-                    lora_modules=len(f.lora_targets))
+    job = TrainJob(method=f.method, examples=w.trained, tokens_per_example=w.tokens_per_example, epochs=f.epochs,
+                   max_length=f.max_length, packing=f.packing, padding=f.padding, length_sigma=cfg.data.length_sigma,
+                   micro_batch=f.batch_size, grad_accum=f.gradient_accumulation, recompute=f.gradient_checkpointing,
+                   zero_stage=f.zero_stage, offload=f.cpu_offload, save_steps=f.save_steps, lora_r=f.lora_r,
+                   lora_targets=tuple(f.lora_targets), paged=f.paged_optimizer, sharding=f.sharding,
+                   software=f.software or 2026, attention="eager" if f.attn_implementation == "eager" else "flash",
+                   fused=True if f.compile else None)
+    if software is not None:
+        recipe = RECIPES[min(RECIPES, key=lambda y: abs(y - software))]
+        job = replace(job, software=software, **recipe)
+    return job
 
 
-def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> StageEstimate:
+def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None, software: int | None = None) -> StageEstimate:
     f, hw, w = cfg.finetune, cfg.finetune.hardware, workload(cfg)
     with at_key("student.model", source):
         shape = catalog.model_shape(cfg.student.model)
@@ -153,12 +166,12 @@ def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
         rate = catalog.usd_per_device_hour(hw.gpu, year, hw.spot)
     p, calibrated = params_for(device, calibration)
     try:
-        t = finetune_time(shape, device, hw.count, train_job(cfg, w), p)
+        job = train_job(cfg, w, software)
+        t = finetune_time(shape, device, hw.count, job, p)
     except NoFit as e:
         cheaper = {"full": " or method: lora/qlora", "lora": " or method: qlora", "qlora": ""}
-        tried = "gradient checkpointing, micro-batch 1"
-        if f.method == "full":
-            tried += (", ZeRO-3" if hw.count > 1 else "") + ", CPU offload"
+        tried = "gradient checkpointing, micro-batch 1" + (", ZeRO-3" if hw.count > 1 else "")
+        tried += ", CPU offload" if f.method == "full" else ", a paged optimizer"
         raise UserError(f"{source + ': ' if source else ''}finetune.hardware: {f.method} fine-tuning of "
                         f"{cfg.student.model} needs {e.args[0] / 1e9:.0f} GB per device even with {tried}; "
                         f"{hw.count}x {hw.gpu} has {device.memory_gb:.0f} GB each: use more devices, a bigger GPU"
@@ -175,7 +188,10 @@ def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
         "micro_steps": t.micro_steps, "optimizer_steps": t.optimizer_steps, "seq_len": t.seq_len,
         "matmul_efficiency": t.matmul_efficiency, "memory_gb_per_device": t.memory_gb,
         "startup_s": t.startup_s, "checkpoint_s": t.checkpoint_s, "step_parts_s": t.step_parts_s,
-        "adjusted": t.adjusted, "calibrated": calibrated, **dtype,
+        "adjusted": t.adjusted, "calibrated": calibrated, "software": job.software, **dtype,
+        "recipe": {"attention": job.attention, "packing": job.packing, "fused_kernels": bool(job.fused),
+                   "micro_batch": t.setup.micro_batch, "zero_stage": t.setup.zero_stage, "offload": t.setup.offload,
+                   "recompute": t.setup.recompute},
     }
     return StageEstimate("finetune", usd, gpu_hours, t.wall_s / 3600, lo, hi, f"{hw.count}x {hw.gpu}", detail)
 
@@ -211,20 +227,26 @@ def evaluate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
 
 
 def estimate_pipeline(cfg: Pipeline, *, prices_year: int | None = None, calibration: dict | None = None,
-                      source: str | None = None) -> Estimate:
-    """Predict every stage of `cfg`. `source` (the YAML path) prefixes error messages."""
+                      source: str | None = None, software: int | None = None) -> Estimate:
+    """Predict every stage of `cfg`. `source` (the YAML path) prefixes error messages; `software`
+    (a year) re-costs the fine-tuning with that year's stack and recipe (RECIPES)."""
     year = prices_year or cfg.prices
     with at_key("--prices" if prices_year else "prices", source):
         catalog.prices(year)
     if calibration is not None:
         check_calibration(calibration)
-    stages = [generate_stage(cfg, year, calibration, source), finetune_stage(cfg, year, calibration, source),
-              evaluate_stage(cfg, year, calibration, source)]
+    stages = [generate_stage(cfg, year, calibration, source),
+              finetune_stage(cfg, year, calibration, source, software), evaluate_stage(cfg, year, calibration, source)]
     notes = [f"{s.name}: {s.detail['note']}" for s in stages if s.detail.get("note") and s.device != "none"]
     for dtype, reason in dict.fromkeys((s.detail["dtype"], s.detail["dtype_reason"]) for s in stages
                                        if s.detail.get("dtype")):
         notes.append(f"the CPU computes in {dtype}: {reason}")
     ft = stages[1].detail
+    if software is not None:
+        r = ft["recipe"]
+        notes.append(f"finetune: {software} software: {r['attention']} attention, packing {'on' if r['packing'] else 'off'}, "
+                     f"fused kernels {'on' if r['fused_kernels'] else 'off'}, FSDP prefetch "
+                     f"{'on' if stack(software)['fsdp_prefetch'] else 'off'} (docs/cost-model.md, \"Software\")")
     if ft.get("adjusted"):
         notes.append(f"finetune: the configured setup does not fit in memory; estimated with {', '.join(ft['adjusted'])}")
     return Estimate(cfg.name, year, stages, notes, any(s.detail.get("calibrated") for s in stages))

@@ -11,6 +11,7 @@ Training, per device:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 from replicate.cost.catalog import Device, ModelShape
@@ -40,12 +41,53 @@ class TrainSetup:
     offload: bool
     devices: int
     lora_r: int = 8
-    lora_modules: int = 2  # adapted matrices per layer (q_proj, v_proj)
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # adapted modules of every layer
+    paged: bool = False  # paged optimizer: its state may live in host memory (bitsandbytes paged AdamW)
 
 
-def lora_params(shape: ModelShape, r: int, modules: int) -> int:
-    """r x (d_in + d_out) per adapted matrix; q/v-sized matrices: d_model -> attention width."""
-    return shape.layers * modules * r * (shape.d_model + shape.attn_dim)
+# LoRA target module -> (input width, output width) in terms of the shape. Llama/Qwen/Mistral names,
+# GPT-J's (out_proj, fc_in, fc_out) and GPT-NeoX's (query_key_value, dense, dense_h_to_4h, dense_4h_to_h).
+_MODULE_DIMS = {
+    "q_proj": lambda s: (s.d_model, s.attn_dim),
+    "k_proj": lambda s: (s.d_model, s.kv_heads * s.head_dim),
+    "v_proj": lambda s: (s.d_model, s.kv_heads * s.head_dim),
+    "o_proj": lambda s: (s.attn_dim, s.d_model),
+    "out_proj": lambda s: (s.attn_dim, s.d_model),
+    "dense": lambda s: (s.attn_dim, s.d_model),
+    "query_key_value": lambda s: (s.d_model, s.attn_dim + 2 * s.kv_heads * s.head_dim),
+    "gate_proj": lambda s: (s.d_model, s.d_ff),
+    "up_proj": lambda s: (s.d_model, s.d_ff),
+    "fc_in": lambda s: (s.d_model, s.d_ff),
+    "dense_h_to_4h": lambda s: (s.d_model, s.d_ff),
+    "down_proj": lambda s: (s.d_ff, s.d_model),
+    "fc_out": lambda s: (s.d_ff, s.d_model),
+    "dense_4h_to_h": lambda s: (s.d_ff, s.d_model),
+}
+ALL_LINEAR = ("all", "all-linear", "all_linear")
+
+
+def layer_linears(shape: ModelShape) -> list[tuple[str, int, int]]:
+    """The linear layers of one decoder layer: (name, d_in, d_out). Gated MLPs have three."""
+    mods = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    mods += ["gate_proj", "up_proj", "down_proj"] if shape.mlp == "gated" else ["up_proj", "down_proj"]
+    return [(m, *_MODULE_DIMS[m](shape)) for m in mods]
+
+
+@functools.lru_cache(maxsize=4096)  # targets: a tuple (hashable) or an int
+def lora_params(shape: ModelShape, r: int, targets) -> int:
+    """Adapter parameters: r x (d_in + d_out) for every targeted module of every layer.
+
+    E.g. Guanaco-65B (LLaMA-65B, r=64, all linear layers): per layer 4 x 64 x (8192 + 8192)
+    attention + 3 x 64 x (8192 + 22016) MLP = 10.0M, x 80 layers = 800M. A name this table does
+    not know counts as a d_model x d_model matrix. An int is the old "that many q/v-sized matrices"."""
+    if isinstance(targets, int):
+        return shape.layers * targets * r * (shape.d_model + shape.attn_dim)
+    names = [t.lower() for t in targets]
+    if any(n in ALL_LINEAR for n in names):
+        dims = [(i, o) for _, i, o in layer_linears(shape)]
+    else:
+        dims = [_MODULE_DIMS[n](shape) if n in _MODULE_DIMS else (shape.d_model, shape.d_model) for n in names]
+    return shape.layers * r * sum(i + o for i, o in dims)
 
 
 def activation_bytes_per_token(shape: ModelShape, recompute: bool) -> float:
@@ -66,19 +108,23 @@ def training_breakdown(shape: ModelShape, s: TrainSetup) -> dict[str, float]:
     """Bytes per device by component."""
     n = shape.params
     shards = max(1, s.devices)
+    sharded = s.zero_stage >= 3 and shards > 1
     if s.method == "full":
-        weights = WEIGHT_BYTES * n / (shards if s.zero_stage >= 3 else 1)
+        weights = WEIGHT_BYTES * n / (shards if sharded else 1)
         grads = GRAD_BYTES * n / (shards if s.zero_stage >= 2 else 1)
         optim = OPTIMIZER_BYTES * n / (shards if s.zero_stage >= 1 else 1)
         if s.offload:  # ZeRO-Offload: gradients stream to the host, optimizer state lives there,
             optim, grads = 0.0, 0.0  # and at stage 3 the parameters too
             if s.zero_stage >= 3:
                 weights = WEIGHT_BYTES * n / shape.layers * 2  # two gathered layers in flight
-    else:
-        weights = FROZEN_BYTES[s.method] * n
-        adapter = lora_params(shape, s.lora_r, s.lora_modules)
+    else:  # LoRA / QLoRA: a frozen base (sharded under FSDP/ZeRO-3: its shard + two gathered layers)
+        frozen = FROZEN_BYTES[s.method] * n
+        weights = frozen / shards + 2 * frozen / shape.layers if sharded else frozen
+        adapter = lora_params(shape, s.lora_r, s.lora_targets)
         grads = GRAD_BYTES * adapter
         optim = OPTIMIZER_BYTES * adapter
+    if s.paged:  # paged AdamW: the state pages out to host memory under pressure (QLoRA paper)
+        optim = 0.0
     tokens = s.micro_batch * s.seq_len
     return {
         "weights": weights,
@@ -98,39 +144,45 @@ def fits(device: Device, need_bytes: float) -> bool:
     return need_bytes <= device.memory_bytes * USABLE_FRACTION
 
 
-def feasible_training_setup(shape: ModelShape, device: Device, s: TrainSetup) -> tuple[TrainSetup, list[str]]:
-    """The configured setup if it fits, else the first adjustment that does, and what changed.
+def setup_variants(s: TrainSetup) -> list[tuple[TrainSetup, list[str]]]:
+    """Every setup the feasibility search may try instead of `s`, with what changed.
 
-    Order of adjustments (cheapest in speed first): activation recomputation, smaller micro-batch
-    (the caller keeps the global batch with more accumulation), ZeRO-3 sharding (several devices,
-    full fine-tuning), optimizer/parameter offload. Returns (setup, []) when it fits as configured;
-    raises ValueError with the smallest requirement when nothing fits.
-    """
-    if fits(device, training_bytes(shape, s)):
-        return s, []
-    tries: list[tuple[TrainSetup, str]] = []
-    cur, notes = s, []
-    if not cur.recompute:
-        cur = replace(cur, recompute=True)
-        notes = notes + ["gradient checkpointing on"]
-        tries.append((cur, ", ".join(notes)))
-    while cur.micro_batch > 1:
-        cur = replace(cur, micro_batch=max(1, cur.micro_batch // 2))
-        tries.append((cur, ", ".join(notes + [f"micro-batch {s.micro_batch} -> {cur.micro_batch}"])))
-    if cur.micro_batch != s.micro_batch:
-        notes = notes + [f"micro-batch {s.micro_batch} -> {cur.micro_batch}"]
-    if s.method == "full" and s.devices > 1 and cur.zero_stage < 3:
-        cur = replace(cur, zero_stage=3)
-        notes = notes + ["ZeRO-3 sharding"]
-        tries.append((cur, ", ".join(notes)))
-    if s.method == "full" and not cur.offload:
-        cur = replace(cur, offload=True, zero_stage=max(cur.zero_stage, 2 if s.devices == 1 else 3))
-        notes = notes + ["CPU offload of the optimizer" + (" and parameters" if cur.zero_stage >= 3 else "")]
-        tries.append((cur, ", ".join(notes)))
-    for setup, note in tries:
-        if fits(device, training_bytes(shape, setup)):
-            return setup, note.split(", ")
-    raise ValueError(training_bytes(shape, cur))
+    The knobs that cost memory but not (much) speed come first in the product: gradient
+    checkpointing, ZeRO-3/FSDP sharding (several devices; full fine-tuning or a sharded LoRA base),
+    a paged optimizer (LoRA/QLoRA), optimizer (and parameter) offload (full), and only then smaller
+    micro-batches. The caller times each one that fits and keeps the fastest (training.py)."""
+    out = []
+    recomputes = [s.recompute] if s.recompute else [False, True]
+    zeros = [s.zero_stage] + ([3] if s.devices > 1 and s.zero_stage < 3 else [])
+    offloads = [s.offload] + ([True] if s.method == "full" and not s.offload else [])
+    pageds = [s.paged] + ([True] if s.method != "full" and not s.paged else [])
+    batches, b = [], s.micro_batch
+    while True:
+        batches.append(b)
+        if b == 1:
+            break
+        b = max(1, b // 2)
+    for mb in batches:
+        for rc in recomputes:
+            for z in zeros:
+                for off in offloads:
+                    for pg in pageds:
+                        zz = max(z, 2 if s.devices == 1 else 3) if off and not s.offload else z
+                        v = replace(s, micro_batch=mb, recompute=rc, zero_stage=zz, offload=off, paged=pg)
+                        notes = []
+                        if rc != s.recompute:
+                            notes.append("gradient checkpointing on")
+                        if zz >= 3 > s.zero_stage and s.devices > 1:
+                            notes.append("ZeRO-3 sharding" + (" of the frozen base" if s.method != "full" else ""))
+                        if off != s.offload:
+                            notes.append("CPU offload of the optimizer" + (" and parameters" if zz >= 3 else ""))
+                        if pg != s.paged:
+                            notes.append("paged optimizer")
+                        if mb != s.micro_batch:
+                            notes.append(f"micro-batch {s.micro_batch} -> {mb}")
+                        if notes:
+                            out.append((v, notes))
+    return out
 
 
 def inference_weight_bytes(shape: ModelShape, bytes_per_param: float = 2.0) -> float:

@@ -33,17 +33,21 @@ from replicate.cost import catalog
 from replicate.errors import UserError
 
 DEFAULTS: dict[str, float] = {
-    # --- fine-tuning (training.py); fitted once to the published runs, see docs
-    "train_mfu": 0.4,  # large-matmul efficiency; llm-analysis: "up to 0.5" for training
-    "tokens_half": 512,  # tokens per device per micro-step at which matmul efficiency halves
-    "d_model_half": 512,  # model width at which matmul efficiency halves
+    # --- fine-tuning (training.py); the fitted ones (FIT below) by cost/fit.py, see docs
+    "train_mfu": 0.6,  # fitted: fraction of an SM's peak a full 128x128 tile wave reaches (8192^3 on H200: 0.77)
+    "hbm_efficiency": 0.8,  # achieved fraction of memory bandwidth for streaming kernels
+    "elementwise_bytes_d": 400,  # bytes per token per layer x d_model: norms, rotary, residuals (fwd + bwd, unfused)
+    "elementwise_2023_scale": 6,  # fitted: the 2023 stack's elementwise traffic / the hand count above
+    "elementwise_bytes_ff": 30,  # bytes per token per layer x d_ff: SiLU x up and its backward (unfused)
+    "loss_bytes_per_logit": 30,  # bf16 logits, fp32 upcast, log-softmax and their gradients (unfused)
+    "tokens_half": 0,  # CPU only (hardware.yaml cpu.defaults): smooth small-matmul penalty; GPUs use SM waves
+    "d_model_half": 0,  # CPU only, likewise
     "layer_overhead_s": 0.004,  # per layer per micro-step: kernel launches, hooks (hidden by long kernels)
-    "shard_layer_overhead_s": 0.035,  # extra per layer per micro-step under ZeRO-3/FSDP
+    "shard_layer_overhead_s": 0.0,  # fitted to 0: un-hidden per-layer ZeRO-3/FSDP cost beyond the collectives
     "comm_efficiency": 0.7,  # achieved fraction of link bandwidth in NCCL collectives
     "allreduce_overlap": 0.5,  # share of the DDP all-reduce hidden behind the backward
     "offload_efficiency": 0.5,  # achieved fraction of PCIe bandwidth for offload transfers
-    "cpu_adam_params_per_s": 1e9,  # host Adam updates per second per node (DeepSpeed CPU-Adam)
-    "qlora_slowdown": 1.35,  # 4-bit dequantisation before every matmul
+    "cpu_adam_params_per_s": 3e8,  # fitted: host Adam updates per second per node (DeepSpeed CPU-Adam, offload)
     "checkpoint_gb_per_s": 1.0,  # checkpoint write bandwidth
     "load_gb_per_s": 1.0,  # reading weights at start-up
     "finetune_startup_s": 120,  # process launch, CUDA/NCCL init, tokenizing, wrapping
@@ -58,6 +62,42 @@ DEFAULTS: dict[str, float] = {
     "api_latency_s": 1.0,  # time to first token of a hosted API
     "api_tokens_per_s": 50,  # output tokens per second per API stream
 }
+
+# The training stack of a year (finetune.software, `estimate --software`). Each flag is a mechanism
+# in training.py, not a speed factor:
+#   fsdp_prefetch  FSDP issues the next layer's all-gather before it is needed (torch FSDP
+#                  backward/forward prefetch; HF Trainer's 2023 FSDP integration left it off, so
+#                  every gather waited). DeepSpeed ZeRO-3 prefetched in every year (overlap_comm).
+#   elementwise    the stack's elementwise memory traffic, in units of the hand count
+#                  (elementwise_bytes_d/ff, loss_bytes_per_logit): 2023 = elementwise_2023_scale
+#                  (fitted to the 2023 runs: HF's first LLaMA/GPT-J code upcast norms and
+#                  rotary to fp32 and ran every op as its own kernel), 2025 = 1 (what the H100/H200
+#                  sweeps measure with torch 2.11 eager), 2026 = 1/3 (fused: torch.compile, Liger).
+# `--software 2023|2026` also switches the recipe the year's practitioner used (cost/estimate.py):
+# 2023 = eager attention and no packing; 2026 = FlashAttention/sdpa, packing, compile.
+SOFTWARE: dict[int, dict] = {
+    2023: {"fsdp_prefetch": False, "fused_kernels": False, "elementwise": "elementwise_2023_scale"},
+    2025: {"fsdp_prefetch": True, "fused_kernels": False, "elementwise": 1.0},
+    2026: {"fsdp_prefetch": True, "fused_kernels": True, "elementwise": 1 / 3},
+}
+
+
+def elementwise_scale(year: int, fused: bool | None, p: dict) -> float:
+    """Elementwise traffic of a stack, in units of the hand count (fused kernels: a third)."""
+    e = stack(year)["elementwise"]
+    scale = p[e] if isinstance(e, str) else e
+    if fused is True:
+        return min(scale, 1 / 3)
+    if fused is False:
+        return max(scale, 1.0)
+    return scale
+
+
+def stack(year: int) -> dict:
+    """The SOFTWARE profile in force in `year` (the latest one not after it; 2023 before that)."""
+    keys = [y for y in sorted(SOFTWARE) if y <= year]
+    return SOFTWARE[keys[-1] if keys else min(SOFTWARE)]
+
 
 FITTABLE: dict[str, str] = {
     "decode_efficiency": "generate/evaluate: fraction of the memory-bandwidth roofline a decode step reaches",

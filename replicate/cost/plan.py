@@ -14,12 +14,13 @@ For each (student, examples) the cheapest feasible setup is kept.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from replicate.cost import catalog
+from replicate.cost.estimate import RECIPES
 from replicate.cost.generation import NoFitInference, api_wall_s, selfhosted_time
 from replicate.cost.params import DEFAULTS, params_for
-from replicate.cost.training import NoFit, TrainJob, finetune_time
+from replicate.cost.training import NoFit, TrainJob, finetune_time, scaled_wall_s
 from replicate.cost.workload import ALPACA
 from replicate.errors import UserError
 
@@ -48,9 +49,15 @@ class Option:
     wall_hours: float
     score: float
     limit: str = ""
+    pareto: list = field(default_factory=list)  # [(usd, hours, gpu, count)] of this copy, cheapest first
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        d["pareto"] = [{"usd": u, "wall_hours": h, "gpu": g, "count": c} for u, h, g, c in self.pareto]
+        return d
+
+
+OBJECTIVES = ("quality", "cost", "time")
 
 
 def _generation_costs(teacher: str, year: int) -> dict[int, tuple[float, float]]:
@@ -90,53 +97,77 @@ def _priced_gpus(year: int) -> list[str]:
     return [g for g in catalog.prices(year).get("gpu", {}) if g != "cpu"]
 
 
-def candidates(budget: float, year: int, teacher: str) -> tuple[list[Option], int]:
-    """Every feasible candidate within `budget` (cheapest setup per student/examples/method), and
-    how many candidate setups were costed."""
+def candidates(budget: float, year: int, teacher: str, max_hours: float = math.inf,
+               software: int = 2026) -> tuple[list[Option], int, dict]:
+    """Every copy (student, examples, method) that some setup makes within `budget` and
+    `max_hours`, each with the Pareto front of its setups (no other setup is both cheaper and
+    faster) and, as its recommended setup, the cheapest on that front; how many setups were
+    costed; and the cheapest cost of every (student, examples) at any budget."""
     gen = _generation_costs(teacher, year)
     gpus = [(g, catalog.hardware(g), catalog.usd_per_device_hour(g, year)) for g in _priced_gpus(year)]
     params = {g: params_for(dev, None)[0] for g, dev, _ in gpus}
-    best: dict[tuple, Option] = {}
+    recipe = RECIPES[2023 if software < 2025 else 2026]
+    fronts: dict[tuple, list] = {}
     cheapest: dict[tuple, float] = {}  # (student, examples) -> lowest cost at any budget
     costed = 0
+    base = TrainJob(zero_stage=3, lora_r=16, software=software,
+                    tokens_per_example=ALPACA.prompt_tokens + ALPACA.completion_tokens, **recipe)
     for name in STUDENTS:
         shape = catalog.model_shape(name)
-        for n in EXAMPLES:
-            gen_usd, gen_h = gen[n]
-            for method in METHODS:
-                for gpu, dev, rate in gpus:
-                    for count in COUNTS:
-                        costed += 1
-                        try:
-                            job = TrainJob(method=method, examples=n, zero_stage=3, lora_r=16,
-                                           tokens_per_example=ALPACA.prompt_tokens + ALPACA.completion_tokens)
-                            t = finetune_time(shape, dev, count, job, params[gpu])
-                        except NoFit:
-                            continue
-                        ft_usd = t.wall_s * count / 3600 * rate
-                        usd = gen_usd + ft_usd
-                        key = (name, n)
-                        cheapest[key] = min(usd, cheapest.get(key, math.inf))
-                        if usd > budget:
-                            continue
-                        if key in best and best[key].usd <= usd:
-                            continue
-                        score = math.log10(shape.params) + 0.5 * math.log10(n) + METHOD_BONUS[method]
-                        best[key] = Option(name, shape.params, n, method, gpu, count, usd, gen_usd, ft_usd,
-                                           gen_h + t.wall_s / 3600, score)
-    return list(best.values()), costed, cheapest
+        for method in METHODS:
+            job = replace(base, method=method, examples=EXAMPLES[0])
+            for gpu, dev, rate in gpus:
+                for count in COUNTS:
+                    costed += len(EXAMPLES)
+                    try:  # one timing per setup; the example counts only scale its steps
+                        t = finetune_time(shape, dev, count, job, params[gpu])
+                    except NoFit:
+                        continue
+                    for n in EXAMPLES:
+                        wall = scaled_wall_s(t, job, n, count)
+                        ft_usd = wall * count / 3600 * rate
+                        usd, hours = gen[n][0] + ft_usd, gen[n][1] + wall / 3600
+                        cheapest[(name, n)] = min(usd, cheapest.get((name, n), math.inf))
+                        if usd <= budget and hours <= max_hours:
+                            fronts.setdefault((name, n, method), []).append((usd, hours, gpu, count, ft_usd))
+    options = []
+    for (name, n, method), pts in fronts.items():
+        pts.sort()
+        front, best_h = [], math.inf
+        for u, h, g, c, f in pts:  # cheapest first: keep a point only if it is faster than all cheaper ones
+            if h < best_h:
+                front.append((u, h, g, c, f))
+                best_h = h
+        u, h, g, c, f = front[0]
+        score = math.log10(catalog.model_shape(name).params) + 0.5 * math.log10(n) + METHOD_BONUS[method]
+        options.append(Option(name, catalog.model_shape(name).params, n, method, g, c, u, gen[n][0], f, h, score,
+                              pareto=[(round(a, 2), round(b, 2), gg, cc) for a, b, gg, cc, _ in front]))
+    return options, costed, cheapest
 
 
-def plan(budget: float, year: int, teacher: str, top: int = 10) -> dict:
+def plan(budget: float, year: int, teacher: str, top: int = 10, max_hours: float = 24.0,
+         objective: str = "quality", software: int = 2026) -> dict:
+    """The best copies within `budget` dollars and `max_hours` of wall-clock (data + fine-tuning).
+
+    objective: quality = the stated heuristic score (bigger student, more examples, full > LoRA >
+    QLoRA), ties to the cheaper; cost = the cheapest copies first; time = the fastest first. Each
+    option carries its Pareto front of dollars vs hours over GPU types and counts."""
     if budget <= 0:
         raise UserError(f"--budget: must be positive, got {budget}")
+    if max_hours <= 0:
+        raise UserError(f"--max-hours: must be positive, got {max_hours}")
+    if objective not in OBJECTIVES:
+        raise UserError(f"--objective: one of {', '.join(OBJECTIVES)}, got {objective!r}")
     catalog.prices(year)
-    options, costed, cheapest = candidates(budget, year, teacher)
-    options.sort(key=lambda o: (-o.score, o.usd))
+    options, costed, cheapest = candidates(budget, year, teacher, max_hours, software)
+    key = {"quality": lambda o: (-o.score, o.usd), "cost": lambda o: (o.usd, -o.score),
+           "time": lambda o: (o.wall_hours, o.usd)}[objective]
+    options.sort(key=key)
     shown = options[:top]
     for o in shown:
         o.limit = _limit(o, cheapest, budget)
     return {"budget_usd": budget, "prices": year, "teacher": teacher, "candidates": costed,
+            "max_hours": max_hours, "objective": objective, "software": software,
             "feasible": len(options), "options": [o.to_dict() for o in shown]}
 
 

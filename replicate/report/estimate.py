@@ -56,18 +56,21 @@ def print_estimate(est: dict) -> None:
 def print_plan(result: dict) -> None:
     console = _console()
     if not result["options"]:
-        console.print(f"nothing fits {money(result['budget_usd'])}: even the smallest student with "
-                      "1,000 examples costs more", markup=False)
+        console.print(f"nothing fits {money(result['budget_usd'])} within {hours(result['max_hours'])}: even the "
+                      "smallest student with 1,000 examples costs more or takes longer", markup=False)
         return
     body = [[str(i), f"{o['student']} ({o['params'] / 1e9:.1f}B)", f"{o['examples']:,}", o["method"],
              f"{o['count']}x {o['gpu']}", money(o["usd"]), hours(o["wall_hours"])]
             for i, o in enumerate(result["options"], 1)]
-    console_table(f"best replications for {money(result['budget_usd'])} at {result['prices']} prices "
-                  f"(teacher {result['teacher']})", ["#", "student", "examples", "method", "hardware", "cost", "wall"],
-                  body)
+    console_table(f"best replications for {money(result['budget_usd'])} within {hours(result['max_hours'])} at "
+                  f"{result['prices']} prices (teacher {result['teacher']}, {result['software']} software, "
+                  f"ranked by {result['objective']})",
+                  ["#", "student", "examples", "method", "hardware", "cost", "wall"], body)
     for i, o in enumerate(result["options"], 1):
+        front = ", ".join(f"{money(p['usd'])}/{hours(p['wall_hours'])} on {p['count']}x {p['gpu']}" for p in o["pareto"])
         console.print(f"{i}. data {money(o['generate_usd'])} + fine-tuning {money(o['finetune_usd'])}; "
-                      f"limited by: {o['limit']}", markup=False)
-    console.print(f"{result['feasible']:,} (student, examples) pairs fit of {result['candidates']:,} setups costed. "
-                  "Ranking: log10(params) + 0.5 log10(examples) + a small bonus for full fine-tuning "
-                  "(a heuristic, docs/cost-model.md); evaluation not included.", markup=False)
+                      f"dollars vs hours: {front}; limited by: {o['limit']}", markup=False)
+    console.print(f"{result['feasible']:,} copies (student, examples, method) fit of {result['candidates']:,} setups "
+                  "costed. Each row's setup is the cheapest on its Pareto front within the hour limit. Ranking "
+                  "'quality' = log10(params) + 0.5 log10(examples) + a small bonus for full fine-tuning (a stated "
+                  "heuristic, docs/cost-model.md); evaluation not included.", markup=False)
