@@ -79,9 +79,7 @@ def lora_params(shape: ModelShape, r: int, targets) -> int:
 
     E.g. Guanaco-65B (LLaMA-65B, r=64, all linear layers): per layer 4 x 64 x (8192 + 8192)
     attention + 3 x 64 x (8192 + 22016) MLP = 10.0M, x 80 layers = 800M. A name this table does
-    not know counts as a d_model x d_model matrix. An int is the old "that many q/v-sized matrices"."""
-    if isinstance(targets, int):
-        return shape.layers * targets * r * (shape.d_model + shape.attn_dim)
+    not know counts as a d_model x d_model matrix."""
     names = [t.lower() for t in targets]
     if any(n in ALL_LINEAR for n in names):
         dims = [(i, o) for _, i, o in layer_linears(shape)]

@@ -40,7 +40,7 @@ def check_memory(cfg, hf_config_dict: dict, longest_row: int, world: int) -> dic
     shape = catalog.shape_from_hf_config(hf_config_dict, cfg.student.model)
     setup = memory.TrainSetup(ft.method, ft.batch_size, float(longest_row), ft.gradient_checkpointing,
                               ft.zero_stage if world > 1 else 0, ft.cpu_offload, world, ft.lora_r,
-                              len(ft.lora_targets))
+                              tuple(ft.lora_targets))
     parts = memory.training_breakdown(shape, setup)
     parts["logits"] = ft.batch_size * longest_row * min(shape.vocab, FUSED_HEAD_VOCAB_CHUNK) * memory.LOGIT_BYTES
     need = sum(parts.values())
