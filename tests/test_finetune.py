@@ -192,10 +192,11 @@ def answers(model_dir: Path, rows: list[dict], max_new_tokens: int = 20) -> list
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from replicate.precision import cpu_precision
     from replicate.prompts import alpaca_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cpu_precision().dtype)).eval()
     enc = tok([alpaca_prompt(r["instruction"], r["input"]) for r in rows], return_tensors="pt", padding=True)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
@@ -214,7 +215,8 @@ def test_lora_student_learns_to_answer_and_stop(tmp_path, base_dir):
     held_out = read_jsonl(DATA / "alpaca_held_out.jsonl")
     before = answers(base_dir, held_out[:2])
     assert not any(in_format(*a) for a in before), before  # the base model rambles on
-    path, run_dir = make_run(tmp_path, "gemma", "packaged:gemma-3-270m", method="lora", bf16=True, epochs=0.7,
+    # bf16 left to the stage: native bf16 only where the processor has it (~175 s a step otherwise)
+    path, run_dir = make_run(tmp_path, "gemma", "packaged:gemma-3-270m", method="lora", bf16=None, epochs=0.7,
                              max_length=160, batch_size=2, save_steps=100, learning_rate=2e-3)
     metrics = run_finetune(parse_pipeline(yaml.safe_load(path.read_text())), run_dir)
     assert metrics["method"] == "lora" and metrics["flops_per_token"] == 4 * metrics["params"]

@@ -21,8 +21,11 @@ def _greedy(folder: Path, prompts: list[str], chat: bool) -> list[str]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from replicate.precision import cpu_precision
+
     tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    # The dtype this processor is fast at, as the stages use it (bf16 only with native bf16).
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, cpu_precision().dtype))
     outs = []
     for p in prompts:
         if chat:
