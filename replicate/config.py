@@ -233,13 +233,64 @@ def _loc(err: dict[str, Any]) -> str:
     return ".".join(str(p) for p in err["loc"]) or "(top level)"
 
 
+def nearest(key: str, valid, n: int = 3) -> list[str]:
+    """The valid names a mistyped `key` most likely meant, best first: a name whose initials it is
+    (`lr` -> learning_rate), close spellings (difflib), names that contain it, names it abbreviates
+    (its letters in order, same first letter)."""
+    import difflib
+
+    k = key.lower().replace("-", "_")
+
+    def rank(name: str) -> tuple[int, float] | None:  # (tier, tie-break), lower first
+        v = name.lower()
+        ratio = difflib.SequenceMatcher(None, k, v).ratio()
+        it = iter(v)
+        if "".join(w[0] for w in v.split("_") if w) == k:
+            return 0, -len(v)  # an abbreviation of the longer name says more (lr: learning_rate, lora_r)
+        if ratio >= 0.6:
+            return 1, -ratio
+        if k in v:
+            return 2, -ratio
+        if k and v[0] == k[0] and all(c in it for c in k):
+            return 3, -ratio
+        return None
+
+    ranked = sorted((r, name) for name in valid if (r := rank(str(name))) is not None)
+    return [name for _, name in ranked[:n]]
+
+
+def unknown_key_message(key: str, valid) -> str:
+    """`unknown key; did you mean X? (valid keys: ...)`: what a mistyped key and `--set` print."""
+    guess = nearest(key, valid)
+    hint = f"; did you mean {' or '.join(guess)}?" if guess else ""
+    return f"unknown key{hint} (valid keys: {', '.join(sorted(valid))})"
+
+
+def _fields_at(loc: tuple) -> list[str] | None:
+    """Field names of the section that holds `loc`'s last key (None when it is not a model)."""
+    model: type[BaseModel] = Pipeline
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        for arg in (*getattr(ann, "__args__", ()), ann):  # Optional[Teacher] -> Teacher
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+                break
+        else:
+            return None
+    return list(model.model_fields)
+
+
 def format_validation_error(source: str, e: ValidationError) -> str:
     """One line: `file: a.b.c: message` for the first error (+ how many more)."""
     errs = e.errors()
     first = errs[0]
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
-        msg = "unknown key"
+        valid = _fields_at(tuple(first["loc"]))
+        msg = unknown_key_message(str(first["loc"][-1]), valid) if valid else "unknown key"
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
     return f"{source}: {_loc(first)}: {msg}{more}"
 

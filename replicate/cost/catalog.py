@@ -114,6 +114,14 @@ def price_years() -> tuple[int, ...]:
     return tuple(sorted(years))
 
 
+def newest_price_year() -> int:
+    """The newest dated price table: what `--prices` means when neither it nor a pipeline names a year."""
+    years = price_years()
+    if not years:
+        raise UserError(f"{budgets_dir()}: no prices-YEAR.yaml table (set REPLICATE_BUDGETS to the budgets/ folder)")
+    return years[-1]
+
+
 def prices(year: int) -> dict:
     if year not in price_years():
         raise UserError(f"no price table for {year} (known: {', '.join(map(str, price_years()))})")

@@ -13,7 +13,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from replicate import files, meter
+from replicate import files, log, meter
 from replicate.config import Pipeline
 from replicate.errors import BudgetExceeded, UserError, missing_extra
 from replicate.finetune.checks import check_memory, last_good_checkpoint
@@ -158,7 +158,8 @@ def train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd
     model_dir = weights.resolve(cfg.student.model, trust_remote_code=cfg.student.trust_remote_code)
     # The chunk's clock starts now: loading, tokenizing and saving are paid device time too.
     chunk = meter.StageMeter("finetune", meter.device_name()[0], world, price)
-    disable_progress_bar()  # transformers' loading bars; the stage draws one bar of its own
+    if not log.verbose():  # -v: transformers' loading bars and TRL's step logs as well
+        disable_progress_bar()  # transformers' loading bars; the stage draws one bar of its own
     _score_loss_positions_only_on_cpu()
 
     # 1. Data, then 2. will it fit? (checked before any weight is loaded), then 3. the model.
@@ -180,8 +181,9 @@ def train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_usd
         data_collator=Collator(data.tokenizer.pad_token_id, packed=data.packed, pad_to_multiple_of=data.pad_to),
         peft_config=peft_config, callbacks=[meter_cb])
     trainer.tally = tally
-    for cb in (PrinterCallback, ProgressCallback):  # our bar replaces theirs
-        trainer.remove_callback(cb)
+    for cb in (PrinterCallback, ProgressCallback):  # our progress replaces theirs (-v: their step logs stay)
+        if not (log.verbose() and cb is PrinterCallback):
+            trainer.remove_callback(cb)
 
     # 5. Train, resuming from the last complete checkpoint; one ledger line per run or chunk.
     resume = run_trainer(trainer, meter_cb, run_dir, chunk, data.stats, out_dir / "checkpoints", rank)
@@ -234,6 +236,7 @@ def run_trainer(trainer, meter_cb, run_dir: Path, chunk: meter.StageMeter, stats
             _ledger(run_dir, chunk, meter_cb.summary(trainer.state, reduce=False), stats, interrupted=True)
         raise
     finally:
+        meter_cb.close_progress()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return resume

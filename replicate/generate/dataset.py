@@ -178,29 +178,3 @@ def read_done(data_dir: Path) -> dict | None:
     path = data_dir / DONE
     return files.read_json(path, "") if path.exists() else None
 
-
-class Bar:
-    """Progress on stderr: kept rows of the target, output tokens/s, dollars so far (rich)."""
-
-    def __init__(self, enabled: bool, total: int, kept: int):
-        self.progress, self.total = None, total
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("rows kept"),
-            TextColumn("{task.fields[tps]:.0f} tok/s"), TextColumn("${task.fields[usd]:.4f}"),
-            TimeElapsedColumn(), console=Console(stderr=True),
-        )
-        self.task = self.progress.add_task("generate", total=total, completed=kept, tps=0.0, usd=0.0)
-        self.progress.start()
-
-    def update(self, kept: int, tokens_per_s: float, usd: float) -> None:
-        if self.progress:
-            self.progress.update(self.task, completed=min(kept, self.total), tps=tokens_per_s, usd=usd)
-
-    def close(self) -> None:
-        if self.progress:
-            self.progress.stop()

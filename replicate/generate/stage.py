@@ -26,6 +26,7 @@ from replicate.engines import Backend, Completion, Request, Sampling
 from replicate.errors import BudgetExceeded, UserError
 from replicate.generate import dataset
 from replicate.generate.modes import make_mode
+from replicate.progress import Progress
 
 GIVE_UP_AFTER = 32  # finished requests without one kept row: the teacher is not producing data
 HEARTBEAT_S = 5.0  # a killed chunk's ledger line misses at most this much wall time
@@ -197,13 +198,13 @@ class _Run:
             self.mode.chat = teacher.chat
             sampling = Sampling(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
                                 stop=self.mode.stop, seed=g.seed)
-            bar = dataset.Bar(progress, self.needed, len(self.tally.rows))
+            bar = Progress("generate", self.needed, len(self.tally.rows), "rows kept", enabled=progress)
             beat = time.perf_counter()
             try:
                 for c in teacher.stream(self.feed, sampling):
                     self.record(c)
-                    bar.update(len(self.tally.rows), self.m.fields["output_tokens"] / self.m.wall_s,
-                               self.prior_usd + self.spent())
+                    bar.update(len(self.tally.rows), tokens_per_s=self.m.fields["output_tokens"] / self.m.wall_s,
+                               usd=self.prior_usd + self.spent())
                     if time.perf_counter() - beat > HEARTBEAT_S:
                         dataset.write_heartbeat(self.run_dir, self.m.row())
                         beat = time.perf_counter()
