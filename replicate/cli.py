@@ -85,6 +85,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     limit = args.max_usd if args.max_usd is not None else cfg.budget.max_usd
     record_stage_estimate(cfg, run_dir, "generate")
     s = run_generate(cfg, run_dir, max_usd=None if limit is None else limit - meter.spent_usd(run_dir))
+    s["export"] = _export(args, run_dir)
     if args.json:
         print(json.dumps(s, indent=2, default=str))
         return 0
@@ -139,7 +140,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from replicate.rundir import default_run_dir
 
     cfg = load_pipeline(args.pipeline, args.overrides)
-    paths = run_pipeline(cfg, default_run_dir(cfg.name, args.run_dir), calibration=load_calibration(args.calibration))
+    run_dir = default_run_dir(cfg.name, args.run_dir)
+    paths = run_pipeline(cfg, run_dir, calibration=load_calibration(args.calibration))
+    _export(args, run_dir)
     return _print_report(paths, args.json)
 
 
@@ -159,6 +162,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     from replicate.report import write_report
 
     return _print_report(write_report(Path(args.run_dir)), args.json)
+
+
+def _export(args: argparse.Namespace, run_dir: Path) -> dict | None:
+    """--save-to-disk / --push-to-hub: the run's dataset in the datasets library's formats."""
+    if not (args.save_to_disk or args.push_to_hub):
+        return None
+    from replicate.cards import export_dataset
+
+    out = export_dataset(run_dir / "data", save_to_disk=args.save_to_disk, push_to_hub=args.push_to_hub,
+                         private=not args.public)
+    for k in ("saved_to", "pushed_to"):
+        if k in out:
+            print(f"dataset {k.replace('_', ' ')} {out[k]}", file=sys.stderr)
+    return out
 
 
 def _print_report(paths: dict, as_json: bool) -> int:
@@ -252,6 +269,13 @@ def _prices_arg(p: argparse.ArgumentParser) -> None:
                    help="price table budgets/prices-YEAR.yaml (default: the pipeline's `prices`, else the newest table)")
 
 
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--save-to-disk", metavar="DIR", help="also save the dataset with datasets' save_to_disk")
+    p.add_argument("--push-to-hub", metavar="REPO", help="also push the dataset and its card to a Hub dataset "
+                   "repository (token: `hf auth login` or HF_TOKEN)")
+    p.add_argument("--public", action="store_true", help="with --push-to-hub: a public repository (default private)")
+
+
 def _calibration_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", metavar="YAML", help="cost-model constants fitted by `replicate calibrate`")
 
@@ -295,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_arg(p)
     _run_dir_arg(p)
     p.add_argument("--max-usd", type=float, help="stop cleanly (resumable) before spending more")
+    _export_args(p)
     _json_arg(p, "the stage's statistics")
 
     p = _command(sub, "finetune", "stage 2: fine-tune the student on the generated data",
@@ -318,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_arg(p)
     _run_dir_arg(p)
     _calibration_arg(p)
+    _export_args(p)
     _json_arg(p, "the report (report.json)")
 
     p = _command(sub, "sweep", "copy curve: fine-tune and evaluate on nested subsets of one generation",

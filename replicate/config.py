@@ -53,6 +53,11 @@ class Teacher(Strict):
     dtype: str = "bfloat16"
     max_model_len: PositiveInt = 2048
     trust_remote_code: bool = False
+    engine_args: dict[str, Any] = {}
+    """More arguments for vLLM's engine (`vllm.LLM`/EngineArgs), e.g. `{enable_prefix_caching: true,
+    quantization: fp8, gpu_memory_utilization: 0.85, max_num_seqs: 512}`; checked against the
+    installed vLLM before anything runs. Keys that have their own YAML key are refused with its name
+    (tensor_parallel_size/data_parallel_size: the layout follows hardware.count, see docs/scale.md)."""
 
 
 class Generate(Strict):
@@ -125,7 +130,12 @@ class Finetune(Strict):
     """None = bf16 where the device supports it."""
     gradient_checkpointing: bool = False
     zero_stage: Literal[0, 1, 2, 3] = 0
-    """ZeRO/FSDP sharding stage for multi-device full fine-tuning (0 = plain DDP)."""
+    """ZeRO sharding stage for multi-device full fine-tuning (0 = plain DDP): 1 = optimizer state,
+    2 = + gradients, 3 = + parameters. `sharding` says which library does it."""
+    sharding: Literal["fsdp", "deepspeed"] = "fsdp"
+    """Who shards when zero_stage > 0: PyTorch FSDP (built in; it has no optimizer-only stage, so 1
+    and 2 both run SHARD_GRAD_OP = ZeRO-2, 3 runs FULL_SHARD) or DeepSpeed ZeRO at exactly that
+    stage (needs the `deepspeed` extra)."""
     cpu_offload: bool = False
     """Offload optimizer state to the host (ZeRO-offload)."""
     save_steps: PositiveInt = 50
@@ -145,6 +155,14 @@ class Finetune(Strict):
     1.5-1.6x tokens/s and ~30 % less memory for ~20 s of compiling (docs/benchmarks.md); off on CPUs."""
     keep_checkpoints: bool = False
     """Keep student/checkpoints/ after a finished run (by default removed: the merged model is the output)."""
+    sft_args: dict[str, Any] = {}
+    """More TRL `SFTConfig` fields, e.g. `{optim: adamw_torch_fused, lr_scheduler_type: linear,
+    weight_decay: 0.01, neftune_noise_alpha: 5, report_to: [tensorboard]}`; they replace the
+    project's choices (cosine schedule, no weight decay, no reporting). Checked against the installed
+    TRL before anything runs; fields with their own YAML key are refused with its name."""
+    lora_args: dict[str, Any] = {}
+    """More peft `LoraConfig` fields, e.g. `{use_rslora: true, bias: lora_only, modules_to_save: [lm_head]}`;
+    r, alpha, dropout and target modules have their own keys above."""
 
     @property
     def lora_targets(self) -> list[str]:

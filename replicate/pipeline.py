@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from replicate import files, meter
+from replicate import files, meter, options
 from replicate.config import Pipeline, load_pipeline
 from replicate.errors import BudgetExceeded, UserError
 from replicate.rundir import DONE, default_run_dir, run_lock, write_resolved
@@ -123,6 +123,7 @@ def run_pipeline(cfg: Pipeline, run_dir: Path, *, calibration: dict | None = Non
     say(f"estimate: ${est['total']['usd']:,.4f}, {est['total']['gpu_hours']:.4g} device-hours, "
         f"{est['total']['wall_hours'] * 60:.1f} min wall")
     refuse_over_budget(est["total"]["usd"], cfg, f"pipeline {cfg.name!r}")
+    options.check_pipeline(cfg)  # a typo in finetune.sft_args must not wait for generation
     with run_lock(run_dir):
         from replicate import evaluate, finetune, generate  # heavy (torch): only once the lock is ours
         from replicate.report import write_report

@@ -25,22 +25,6 @@ DATA = Path(__file__).parent / "data"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, teacher_dir):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
-
-    out = tmp_path_factory.mktemp("tiny-qwen2")
-    tok = AutoTokenizer.from_pretrained(teacher_dir)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                      max_position_embeddings=512, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def make_run(root: Path, name: str, student: str, data: str = "alpaca_small.jsonl", **finetune) -> tuple[Path, Path]:
     """A run directory with data/train.jsonl and its pipeline YAML (what `replicate finetune` reads)."""
     ft = {"method": "full", "epochs": 2, "max_length": 128, "batch_size": 4, "packing": True, "bf16": False,

@@ -18,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from replicate import files, meter
+from replicate import cards, files, meter
 from replicate.errors import UserError
 
 LOG = "log.jsonl"
@@ -122,21 +122,12 @@ def write_dataset(data_dir: Path, rows: list[dict], fraction: float) -> tuple[in
 
 
 def write_card(data_dir: Path, stats: dict) -> None:
-    """README.md: provenance of the dataset. The YAML header lets `load_dataset(data_dir)` find
-    the two splits (and skip log.jsonl)."""
+    """README.md: provenance of the dataset, under the Hub's YAML front matter (cards.py), which lets
+    `load_dataset(data_dir)` find the two splits (and skip log.jsonl) under a config name of this run's own."""
     s = stats
     dropped = "\n".join(f"| {k} | {v} |" for k, v in sorted(s["dropped"].items())) or "| (none) | 0 |"
     sampling = ", ".join(f"{k}={v}" for k, v in s["sampling"].items())
-    text = f"""---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: train.jsonl
-  - split: held_out
-    path: held_out.jsonl
----
-# {s['name']}: generated instruction data
+    body = f"""# {s['name']}: generated instruction data
 
 Alpaca-format rows (`instruction`, `input`, `output`) written by the teacher with `replicate generate`.
 
@@ -165,8 +156,11 @@ Alpaca-format rows (`instruction`, `input`, `output`) written by the teacher wit
 {dropped}
 
 Every request is in `log.jsonl` (request id, RNG position, tokens, finish reason, kept rows).
-Load with `datasets.load_dataset("json", data_files={{"train": "train.jsonl", "held_out": "held_out.jsonl"}})`.
+Load with `datasets.load_dataset("runs/{s['name']}/data")` (the front matter's config name is unique per run
+and per content, so the datasets cache never hands back another run's rows) or
+`datasets.load_dataset("json", data_files={{"train": "train.jsonl", "held_out": "held_out.jsonl"}})`.
 """
+    text = cards.dataset_card(data_dir, s["name"], s["train_rows"] + s["held_out_rows"], s["teacher"], body)
     files.write_atomic(data_dir / "README.md", text)
 
 

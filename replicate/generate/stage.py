@@ -189,9 +189,12 @@ class _Run:
             dataset.write_heartbeat(self.run_dir, self.m.row())  # from now on a kill still gets a ledger line
             own = teacher is None
             if own:
+                from replicate.cost.estimate import teacher_layout
                 from replicate.engines import open_engine
 
-                teacher = open_engine(t, max_in_flight=g.requests_per_batch)
+                # the estimate's layout (replicas x tensor parallel), so the run is what was priced
+                teacher = open_engine(t, max_in_flight=g.requests_per_batch,
+                                      layout=teacher_layout(t) if t.backend == "vllm" else None)
                 self.m.set(startup_s=round(self.m.wall_s, 3))
                 if not api:  # the engine has imported torch now, so CUDA devices can be named
                     self.m.device = meter.device_name()[0]
