@@ -144,6 +144,12 @@ def test_sft_and_lora_args_reach_the_trainer(tmp_path, tiny_dir):
     run_finetune(cfg, run_dir)
     adapter = json.loads((run_dir / "student" / "adapter" / "adapter_config.json").read_text())
     assert adapter["use_rslora"] is True and adapter["r"] == cfg.finetune.lora_r
+    assert adapter["base_model_name_or_path"] == tiny_dir.name  # portable: not this machine's path
+    from huggingface_hub import ModelCard
+
+    for folder in ("merged", "adapter"):
+        card = ModelCard.load(run_dir / "student" / folder / "README.md")
+        assert card.data.base_model == tiny_dir.name and "lora" in card.data.tags
     (ckpt,) = (run_dir / "student" / "checkpoints").glob("checkpoint-*")
     state = json.loads((ckpt / "trainer_state.json").read_text())
     lrs = {round(h["learning_rate"], 9) for h in state["log_history"] if "learning_rate" in h}
