@@ -39,12 +39,15 @@ def check_method(method: str) -> None:
 
 
 def device_info(cfg: Pipeline) -> tuple[float, float | None]:
-    """(dollars per device-hour, peak FLOP/s of one device) from the catalog; None peak = unknown."""
+    """(dollars per device-hour, peak FLOP/s of one device) of the device this process really runs
+    on (a `gpu: cpu` pipeline on an H200 is priced as an H200, with a one-line warning)."""
     from replicate.cost import catalog
 
     hw = cfg.finetune.hardware
-    price = catalog.usd_per_device_hour(hw.gpu, cfg.prices, spot=hw.spot)
-    return price, catalog.hardware(hw.gpu).peak_flops
+    key, price, warning = catalog.priced_device(hw.gpu, meter.device_name()[0], cfg.prices, hw.spot)
+    if warning and int(os.environ.get("RANK", "0")) == 0:
+        log.get().warning(f"finetune: {warning}")
+    return price, catalog.hardware(key).peak_flops
 
 
 def _bf16(ft) -> bool:

@@ -14,6 +14,7 @@ left (requests that were in flight), then goes on. Files: see dataset.py.
 """
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -198,6 +199,7 @@ class _Run:
                 self.m.set(startup_s=round(self.m.wall_s, 3))
                 if not api:  # the engine has imported torch now, so CUDA devices can be named
                     self.m.device = meter.device_name()[0]
+                    self.m.usd_per_device_hour = _reprice(self.cfg, self.m.device)
             self.mode.chat = teacher.chat
             sampling = Sampling(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
                                 stop=self.mode.stop, seed=g.seed)
@@ -246,6 +248,18 @@ def _pricing(cfg: Pipeline):
         return 0.0, p, f"API ${p.input_usd_per_m}/M input, ${p.output_usd_per_m}/M output, {cfg.prices}"
     usd_h = catalog.usd_per_device_hour(t.hardware.gpu, cfg.prices, t.hardware.spot)
     return usd_h, None, f"${usd_h}/device-hour x {t.hardware.count} {t.hardware.gpu}, {cfg.prices}"
+
+
+def _reprice(cfg: Pipeline, device: str) -> float:
+    """Dollars per device-hour of the device the engine really runs on (a one-line warning when it
+    is not the YAML's teacher.hardware.gpu)."""
+    from replicate.cost import catalog
+
+    hw = cfg.teacher.hardware
+    _, usd_h, warning = catalog.priced_device(hw.gpu, device, cfg.prices, hw.spot)
+    if warning:
+        logging.getLogger("replicate").warning(f"generate: {warning}")
+    return usd_h
 
 
 def _finish(cfg, run_dir, tally, examples, run, price_note) -> dict:
