@@ -210,6 +210,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_launchers(args: argparse.Namespace) -> int:
+    from replicate.config import load_pipeline
+    from replicate.finetune.nodes import write_launchers
+    from replicate.rundir import default_run_dir
+
+    cfg = load_pipeline(args.pipeline, args.overrides)
+    paths = write_launchers(cfg, default_run_dir(cfg.name, args.run_dir), main_ip=args.main_ip, port=args.port,
+                            nodes=args.nodes, max_usd=args.max_usd)
+    if args.json:
+        print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    else:
+        for p in paths.values():
+            print(p)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from replicate.pipeline import run_demo
 
@@ -364,6 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", help="finished run directories (two or more sizes fit start-up apart)")
     p.add_argument("-o", "--output", default="calibration.yaml", help="the calibration file to write")
     _json_arg(p, "the fit")
+
+    p = _command(sub, "launchers", "multi-node fine-tuning: an accelerate launcher per node and a Slurm script",
+                 "replicate launchers pipelines/big.yaml --main-ip 10.0.0.1", cmd_launchers)
+    _pipeline_arg(p)
+    _run_dir_arg(p)
+    p.add_argument("--main-ip", default="127.0.0.1", help="address of node 0, where the processes meet")
+    p.add_argument("--port", type=int, default=29500, help="node 0's rendezvous port")
+    p.add_argument("--nodes", type=int, help="nodes (default: finetune.hardware.count / the device's gpus_per_node)")
+    p.add_argument("--max-usd", type=float, help="stop cleanly (resumable, checkpoint saved) before spending more")
+    _json_arg(p, "the files written")
 
     p = _command(sub, "demo", "the offline default replication (what `make demo` runs)",
                  "replicate demo --set generate.examples=20", cmd_demo)

@@ -26,7 +26,7 @@ from scripted_server import ScriptedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "pipelines" / "tiny-cpu.yaml")
-RESULT_COMMANDS = ("models", "estimate", "plan", "generate", "finetune", "evaluate", "run", "sweep", "report",
+RESULT_COMMANDS = ("models", "estimate", "plan", "generate", "finetune", "evaluate", "run", "sweep", "report", "launchers",
                    "calibrate", "demo")
 
 
