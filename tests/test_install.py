@@ -53,3 +53,18 @@ def test_wheel_plans_and_lists_models(installed, tmp_path):
     models = subprocess.run([str(exe), "models", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
     assert models.returncode == 0, models.stderr
     assert {m["ref"] for m in json.loads(models.stdout)} == {"packaged:smollm2-135m-instruct", "packaged:gemma-3-270m"}
+
+
+def test_wheel_reports_a_run_from_another_directory(installed, tmp_path):
+    exe, env = installed
+    run = tmp_path / "elsewhere" / "run"
+    run.mkdir(parents=True)
+    lines = [{"stage": "generate", "kind": "estimate", "device_hours": 0.01, "wall_s": 36, "usd": 0.001},
+             {"stage": "generate", "kind": "measured", "device": "cpu", "num_devices": 1, "wall_s": 40,
+              "device_hours": 40 / 3600, "usd": 0.0011, "output_tokens": 4000}]
+    (run / "ledger.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = subprocess.run([str(exe), "report", "run", "--json"], cwd=run.parent, env=env, capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["totals"]["measured"]["usd"] == pytest.approx(0.0011) and (run / "report.html").is_file()
