@@ -109,7 +109,8 @@ def test_killed_run_resumes_to_the_same_steps_and_data_order(tmp_path, tiny_dir,
     ref_steps, steps = steps_by_number(ref_dir), steps_by_number(run_dir)
     assert [s["crc"] for s in steps.values()] == [s["crc"] for s in ref_steps.values()]  # same batches, same order
     assert steps[metrics["global_step"]]["loss"] == pytest.approx(ref_steps[metrics["global_step"]]["loss"], rel=1e-4)
-    (line,) = read_jsonl(run_dir / "ledger.jsonl")  # SIGKILL leaves no line; the resumed chunk writes one
+    # SIGKILL leaves no measured line; the resumed chunk writes one (`replicate finetune` also records its estimate)
+    (line,) = [r for r in read_jsonl(run_dir / "ledger.jsonl") if r["kind"] == "measured"]
     assert line["steps_this_run"] == metrics["global_step"] - metrics["resumed_from_step"]
 
 
@@ -125,7 +126,8 @@ def test_two_processes_train_the_same_tokens_as_one(tmp_path, tiny_dir, referenc
     assert metrics["num_devices"] == 2 and metrics["global_step"] == 12  # 2 epochs x 48 / (4 x 2)
     assert metrics["trained_tokens"] == ref_metrics["trained_tokens"]
     assert (run_dir / "student" / "adapter" / "adapter_config.json").is_file()
-    (line,) = read_jsonl(run_dir / "ledger.jsonl")
+    line, est = sorted(read_jsonl(run_dir / "ledger.jsonl"), key=lambda r: r["kind"] == "estimate")
+    assert est["kind"] == "estimate" and est["stage"] == "finetune"  # the stage command records its estimate
     assert line["num_devices"] == 2 and line["trained_tokens"] == ref_metrics["trained_tokens"]
 
 
