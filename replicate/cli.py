@@ -43,7 +43,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from replicate.cost.params import load_calibration
     from replicate.report.estimate import print_estimate
 
-    cfg = load_pipeline(args.pipeline, args.overrides)
+    cfg = load_pipeline(args.pipeline, args.overrides)  # --prices None: the pipeline's own `prices`
     est = estimate_pipeline(cfg, prices_year=args.prices, calibration=load_calibration(args.calibration),
                             source=args.pipeline, software=args.software).to_dict()
     if cfg.published is not None:
@@ -56,12 +56,13 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from replicate.cost.catalog import newest_price_year
     from replicate.cost.plan import plan
     from replicate.report.estimate import print_plan
 
     if args.top <= 0:
         raise UserError(f"--top: must be positive, got {args.top}")
-    result = plan(args.budget, args.prices, args.teacher, args.top, max_hours=args.max_hours,
+    result = plan(args.budget, args.prices or newest_price_year(), args.teacher, args.top, max_hours=args.max_hours,
                   objective=args.objective, software=args.software)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -74,6 +75,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from replicate import meter
     from replicate.config import load_pipeline
     from replicate.generate import run_generate
+    from replicate.pipeline import record_stage_estimate
     from replicate.rundir import default_run_dir
 
     cfg = load_pipeline(args.pipeline, args.overrides)
@@ -82,7 +84,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # --max-usd (or budget.max_usd) caps ALL measured spending in the run directory, as `replicate
     # run` does: this call may spend what is left, so a rerun with the same limit does not spend more.
     limit = args.max_usd if args.max_usd is not None else cfg.budget.max_usd
+    record_stage_estimate(cfg, run_dir, "generate")
     s = run_generate(cfg, run_dir, max_usd=None if limit is None else limit - meter.spent_usd(run_dir))
+    s["export"] = _export(args, run_dir)
+    if args.json:
+        print(json.dumps(s, indent=2, default=str))
+        return 0
     print(f"generate: {s['train_rows']} train + {s['held_out_rows']} held-out rows from {s['requests']} requests, "
           f"{s['output_tokens']:,} output tokens, ${s['usd']:.4f} -> {run_dir / 'data'}")
     return 0
@@ -91,10 +98,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from replicate.config import load_pipeline
     from replicate.finetune import run_finetune
+    from replicate.pipeline import record_stage_estimate
     from replicate.rundir import default_run_dir
 
     cfg = load_pipeline(args.pipeline, args.overrides)
-    m = run_finetune(cfg, default_run_dir(cfg.name, args.run_dir), max_usd=args.max_usd)
+    run_dir = default_run_dir(cfg.name, args.run_dir)
+    record_stage_estimate(cfg, run_dir, "finetune")
+    m = run_finetune(cfg, run_dir, max_usd=args.max_usd)
+    if args.json:
+        print(json.dumps(m, indent=2, default=str))
+        return 0
     print(f"finetune: {m.get('global_step')} steps, {m.get('trained_tokens'):,} tokens, "
           f"{m.get('tokens_per_s')} tok/s, MFU {m.get('mfu')}, ${m.get('usd', 0):.4f} this run -> {m.get('merged')}")
     return 0
@@ -103,12 +116,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from replicate.config import evaluation_pipeline
     from replicate.evaluate import run_evaluate
+    from replicate.pipeline import record_stage_estimate
     from replicate.report.evaluation import print_summary, write_summary
     from replicate.rundir import default_run_dir
 
     cfg = evaluation_pipeline(args.pipeline, args.overrides, teacher=args.teacher, base=args.base,
                               student=args.student)
     run_dir = default_run_dir(cfg.name, args.run_dir)
+    if args.pipeline:  # three models named on the command line have no pipeline to estimate
+        record_stage_estimate(cfg, run_dir, "evaluate")
     scores = run_evaluate(cfg, run_dir, student_dir=Path(args.student) if args.student else None)
     write_summary(run_dir / "eval", scores)
     if args.json:
@@ -125,8 +141,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from replicate.rundir import default_run_dir
 
     cfg = load_pipeline(args.pipeline, args.overrides)
-    run_pipeline(cfg, default_run_dir(cfg.name, args.run_dir), calibration=load_calibration(args.calibration))
-    return 0
+    run_dir = default_run_dir(cfg.name, args.run_dir)
+    paths = run_pipeline(cfg, run_dir, calibration=load_calibration(args.calibration))
+    _export(args, run_dir)
+    return _print_report(paths, args.json)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -136,16 +154,41 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from replicate.sweep import parse_sizes, run_sweep
 
     cfg = load_pipeline(args.pipeline, args.overrides)
-    run_sweep(cfg, default_run_dir(cfg.name, args.run_dir, "-sweep"), parse_sizes(args.examples),
-              calibration=load_calibration(args.calibration))
-    return 0
+    paths = run_sweep(cfg, default_run_dir(cfg.name, args.run_dir, "-sweep"), parse_sizes(args.examples),
+                      calibration=load_calibration(args.calibration))
+    return _print_report(paths, args.json)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from replicate.report import write_report
 
-    for p in write_report(Path(args.run_dir)).values():
-        print(p)
+    return _print_report(write_report(Path(args.run_dir)), args.json)
+
+
+def _export(args: argparse.Namespace, run_dir: Path) -> dict | None:
+    """--save-to-disk / --push-to-hub: the run's dataset in the datasets library's formats."""
+    if not (args.save_to_disk or args.push_to_hub):
+        return None
+    from replicate.cards import export_dataset
+
+    out = export_dataset(run_dir / "data", save_to_disk=args.save_to_disk, push_to_hub=args.push_to_hub,
+                         private=not args.public)
+    for k in ("saved_to", "pushed_to"):
+        if k in out:
+            print(f"dataset {k.replace('_', ' ')} {out[k]}", file=sys.stderr)
+    return out
+
+
+def _print_report(paths: dict, as_json: bool) -> int:
+    """A command whose result is a report: report.json's content with --json, else the files' paths."""
+    from replicate import files
+
+    if as_json:
+        print(json.dumps({**files.read_json(paths["json"], ""), "files": {k: str(v) for k, v in paths.items()}},
+                         indent=2, default=str))
+    else:
+        for p in paths.values():
+            print(p)
     return 0
 
 
@@ -157,6 +200,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.output)
     files.write_yaml(out, result, header=f"# written by `replicate calibrate {' '.join(args.run_dirs)}` on "
                      f"{meter.now_iso()}\n# use: replicate estimate PIPELINE.yaml --calibration {out}\n")
+    if args.json:
+        print(json.dumps({**result, "output": str(out)}, indent=2, default=str))
+        return 0
     for key, rep in result["fit"].items():
         runs = "; ".join(f"{r['run']}: measured {r['measured_s']} s, default {r['default_s']} s, "
                          f"calibrated {r['calibrated_s']} s" for r in rep["runs"])
@@ -165,107 +211,207 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_launchers(args: argparse.Namespace) -> int:
+    from replicate.config import load_pipeline
+    from replicate.finetune.nodes import write_launchers
+    from replicate.rundir import default_run_dir
+
+    cfg = load_pipeline(args.pipeline, args.overrides)
+    paths = write_launchers(cfg, default_run_dir(cfg.name, args.run_dir), main_ip=args.main_ip, port=args.port,
+                            nodes=args.nodes, max_usd=args.max_usd)
+    if args.json:
+        print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    else:
+        for p in paths.values():
+            print(p)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from replicate.pipeline import run_demo
 
-    run_demo(args.run_dir)
-    return 0
+    return _print_report(run_demo(args.run_dir, args.overrides), args.json)
 
 
 # ---- the parser ------------------------------------------------------------------------------------
 
 
-def _pipeline_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("pipeline", help="pipeline YAML (see pipelines/)")
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (when it has one worth showing) and keeps the examples' layout."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if "%(default)" in text or d in (None, False, [], argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _command(sub, name: str, summary: str, example: str, func) -> argparse.ArgumentParser:
+    """A subcommand with its one-line summary, an example in its --help, and -v/-q."""
+    p = sub.add_parser(name, help=summary, description=summary, epilog=f"example:\n  {example}",
+                       formatter_class=_HelpFormatter)
+    _verbosity(p, argparse.SUPPRESS)
+    p.set_defaults(func=func)
+    return p
+
+
+def _verbosity(p: argparse.ArgumentParser, default) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1, default=default,
+                   help="more detail: debug lines, and vLLM's and transformers'/TRL's own logs")
+    g.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=default,
+                   help="warnings and errors only; no progress")
+
+
+def _pipeline_arg(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    if optional:
+        p.add_argument("pipeline", nargs="?", help="pipeline YAML (or give --student/--teacher/--base)")
+    else:
+        p.add_argument("pipeline", help="pipeline YAML (see pipelines/, docs/runs.md)")
+    _set_arg(p)
+
+
+def _set_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a YAML value, e.g. --set generate.examples=100 (repeatable)")
 
 
+def _json_arg(p: argparse.ArgumentParser, what: str = "the result") -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout (status lines stay on stderr)")
+
+
+def _prices_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prices", type=int, metavar="YEAR",
+                   help="price table budgets/prices-YEAR.yaml (default: the pipeline's `prices`, else the newest table)")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--save-to-disk", metavar="DIR", help="also save the dataset with datasets' save_to_disk")
+    p.add_argument("--push-to-hub", metavar="REPO", help="also push the dataset and its card to a Hub dataset "
+                   "repository (token: `hf auth login` or HF_TOKEN)")
+    p.add_argument("--public", action="store_true", help="with --push-to-hub: a public repository (default private)")
+
+
+def _calibration_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", metavar="YAML", help="cost-model constants fitted by `replicate calibrate`")
+
+
+def _run_dir_arg(p: argparse.ArgumentParser, default: str = "runs/<name>") -> None:
+    p.add_argument("--run-dir", help=f"where the run lives (default: {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="replicate", description="Cheap-replication cost simulator: estimate, run "
-                                 "and measure Alpaca-style copies of a teacher model.")
+    ap = argparse.ArgumentParser(prog="replicate", formatter_class=_HelpFormatter,
+                                 description="Cheap-replication cost simulator: estimate, run and measure "
+                                 "Alpaca-style copies of a teacher model.",
+                                 epilog="start here:\n  replicate estimate pipelines/published/alpaca-2023.yaml\n"
+                                 "  replicate demo\nrecipes: docs/quickstart.md")
     ap.add_argument("--version", action="version", version=f"replicate {__version__}")
+    _verbosity(ap, 0)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("models", help="list the packaged offline models and whether they are converted")
+    p = _command(sub, "models", "list the packaged offline models and whether they are converted",
+                 "replicate models --convert", cmd_models)
     p.add_argument("--convert", action="store_true", help="convert both packaged models now")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_models)
+    _json_arg(p, "the list")
 
-    p = sub.add_parser("estimate", help="predict a pipeline's cost without running it")
+    p = _command(sub, "estimate", "predict a pipeline's cost without running it",
+                 "replicate estimate pipelines/published/alpaca-2023.yaml --prices 2026", cmd_estimate)
     _pipeline_arg(p)
-    p.add_argument("--prices", type=int, help="price year (default: the YAML's `prices`)")
-    p.add_argument("--calibration", help="YAML written by `replicate calibrate`")
+    _prices_arg(p)
+    _calibration_arg(p)
     p.add_argument("--software", type=int, choices=(2023, 2026),
                    help="re-cost fine-tuning with that year's stack and recipe (docs/cost-model.md, Software)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_estimate)
+    _json_arg(p, "the estimate")
 
-    p = sub.add_parser("plan", help="the best replications a budget buys, ranked")
+    p = _command(sub, "plan", "the best replications a budget buys, ranked",
+                 "replicate plan --budget 100 --teacher gpt-4o-mini --top 5", cmd_plan)
     p.add_argument("--budget", type=float, required=True, help="dollars")
-    p.add_argument("--prices", type=int, default=2026)
+    _prices_arg(p)
     p.add_argument("--teacher", default="gpt-4o-mini", help="teacher (API model or catalog model)")
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--max-hours", type=float, default=24.0, help="wall-clock limit, data + fine-tuning (default 24)")
+    p.add_argument("--top", type=int, default=10, help="options shown")
+    p.add_argument("--max-hours", type=float, default=24.0, help="wall-clock limit, data + fine-tuning")
     p.add_argument("--objective", default="quality", choices=("quality", "cost", "time"),
                    help="how options are ranked (docs/cost-model.md, `replicate plan`)")
     p.add_argument("--software", type=int, default=2026, choices=(2023, 2026), help="training stack and recipe year")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_plan)
+    _json_arg(p, "the ranked options")
 
-    p = sub.add_parser("generate", help="stage 1: generate instruction data from the teacher")
+    p = _command(sub, "generate", "stage 1: generate instruction data from the teacher",
+                 "replicate generate pipelines/tiny-cpu.yaml --max-usd 0.50", cmd_generate)
     _pipeline_arg(p)
-    p.add_argument("--run-dir", help="default: runs/<name>")
+    _run_dir_arg(p)
     p.add_argument("--max-usd", type=float, help="stop cleanly (resumable) before spending more")
-    p.set_defaults(func=cmd_generate)
+    _export_args(p)
+    _json_arg(p, "the stage's statistics")
 
-    p = sub.add_parser("finetune", help="stage 2: fine-tune the student on the generated data")
+    p = _command(sub, "finetune", "stage 2: fine-tune the student on the generated data",
+                 "replicate finetune pipelines/tiny-cpu.yaml --set finetune.epochs=1", cmd_finetune)
     _pipeline_arg(p)
-    p.add_argument("--run-dir", help="default: runs/<name>")
+    _run_dir_arg(p)
     p.add_argument("--max-usd", type=float, help="stop cleanly (resumable, checkpoint saved) before spending more")
-    p.set_defaults(func=cmd_finetune)
+    _json_arg(p, "the training metrics")
 
-    p = sub.add_parser("evaluate", help="stage 3: compare base, student and teacher")
-    p.add_argument("pipeline", nargs="?", help="pipeline YAML (or give --student/--teacher/--base)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--run-dir", help="default: runs/<name>")
+    p = _command(sub, "evaluate", "stage 3: compare base, student and teacher",
+                 "replicate evaluate pipelines/tiny-cpu.yaml --set evaluate.examples=40", cmd_evaluate)
+    _pipeline_arg(p, optional=True)
+    _run_dir_arg(p)
     p.add_argument("--student", help="student model folder")
     p.add_argument("--teacher", help="teacher model reference")
     p.add_argument("--base", help="base model reference")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_evaluate)
+    _json_arg(p, "scores.json")
 
-    p = sub.add_parser("run", help="the whole replication: estimate, generate, finetune, evaluate, report")
+    p = _command(sub, "run", "the whole replication: estimate, generate, finetune, evaluate, report",
+                 "replicate run pipelines/tiny-cpu.yaml --set generate.examples=100", cmd_run)
     _pipeline_arg(p)
-    p.add_argument("--run-dir", help="default: runs/<name>")
-    p.add_argument("--calibration", help="YAML written by `replicate calibrate` (for the recorded estimate)")
-    p.set_defaults(func=cmd_run)
+    _run_dir_arg(p)
+    _calibration_arg(p)
+    _export_args(p)
+    _json_arg(p, "the report (report.json)")
 
-    p = sub.add_parser("sweep", help="copy curve: fine-tune and evaluate on nested subsets of one generation")
+    p = _command(sub, "sweep", "copy curve: fine-tune and evaluate on nested subsets of one generation",
+                 "replicate sweep pipelines/tiny-cpu.yaml --examples 50,100,200,400", cmd_sweep)
     _pipeline_arg(p)
     p.add_argument("--examples", required=True, help="comma-separated sizes, e.g. 50,100,200,400")
-    p.add_argument("--run-dir", help="default: runs/<name>-sweep")
-    p.add_argument("--calibration", help="YAML written by `replicate calibrate` (for the recorded estimates)")
-    p.set_defaults(func=cmd_sweep)
+    _run_dir_arg(p, "runs/<name>-sweep")
+    _calibration_arg(p)
+    _json_arg(p, "the sweep's report (report.json)")
 
-    p = sub.add_parser("report", help="report.md/.html/.json from a run directory")
-    p.add_argument("run_dir")
-    p.set_defaults(func=cmd_report)
+    p = _command(sub, "report", "report.md/.html/.json from a run directory", "replicate report runs/tiny-cpu",
+                 cmd_report)
+    p.add_argument("run_dir", help="a run directory (runs/<name>) or a sweep's (runs/<name>-sweep)")
+    _json_arg(p, "the report (report.json)")
 
-    p = sub.add_parser("calibrate", help="fit the cost model's efficiencies to measured runs")
-    p.add_argument("run_dirs", nargs="+")
-    p.add_argument("-o", "--output", default="calibration.yaml")
-    p.set_defaults(func=cmd_calibrate)
+    p = _command(sub, "calibrate", "fit the cost model's efficiencies to measured runs",
+                 "replicate calibrate runs/tiny-cpu runs/tiny-cpu-big -o calibration.yaml", cmd_calibrate)
+    p.add_argument("run_dirs", nargs="+", help="finished run directories (two or more sizes fit start-up apart)")
+    p.add_argument("-o", "--output", default="calibration.yaml", help="the calibration file to write")
+    _json_arg(p, "the fit")
 
-    p = sub.add_parser("demo", help="the offline default replication (what `make demo` runs)")
-    p.add_argument("--run-dir", help="default: runs/tiny-cpu")
-    p.set_defaults(func=cmd_demo)
+    p = _command(sub, "launchers", "multi-node fine-tuning: an accelerate launcher per node and a Slurm script",
+                 "replicate launchers pipelines/big.yaml --main-ip 10.0.0.1", cmd_launchers)
+    _pipeline_arg(p)
+    _run_dir_arg(p)
+    p.add_argument("--main-ip", default="127.0.0.1", help="address of node 0, where the processes meet")
+    p.add_argument("--port", type=int, default=29500, help="node 0's rendezvous port")
+    p.add_argument("--nodes", type=int, help="nodes (default: finetune.hardware.count / the device's gpus_per_node)")
+    p.add_argument("--max-usd", type=float, help="stop cleanly (resumable, checkpoint saved) before spending more")
+    _json_arg(p, "the files written")
+
+    p = _command(sub, "demo", "the offline default replication (what `make demo` runs)",
+                 "replicate demo --set generate.examples=20", cmd_demo)
+    _set_arg(p)
+    _run_dir_arg(p, "runs/tiny-cpu")
+    _json_arg(p, "the report (report.json)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    from replicate import log
+
+    log.setup(args.verbosity)
     if not getattr(args, "func", None):
         ap.print_help()
         return 0

@@ -55,6 +55,11 @@ class Teacher(Strict):
     computes bf16 natively, fp32 on one that does not (a probe decides: replicate/precision.py)."""
     max_model_len: PositiveInt = 2048
     trust_remote_code: bool = False
+    engine_args: dict[str, Any] = {}
+    """More arguments for vLLM's engine (`vllm.LLM`/EngineArgs), e.g. `{enable_prefix_caching: true,
+    quantization: fp8, gpu_memory_utilization: 0.85, max_num_seqs: 512}`; checked against the
+    installed vLLM before anything runs. Keys that have their own YAML key are refused with its name
+    (tensor_parallel_size/data_parallel_size: the layout follows hardware.count, see docs/scale.md)."""
 
 
 class Generate(Strict):
@@ -132,12 +137,15 @@ class Finetune(Strict):
     where bf16 is faster than fp32 (the precision probe: replicate/precision.py)."""
     gradient_checkpointing: bool = False
     zero_stage: Literal[0, 1, 2, 3] = 0
-    """ZeRO/FSDP sharding stage for multi-device full fine-tuning (0 = plain DDP)."""
+    """ZeRO sharding stage for multi-device full fine-tuning (0 = plain DDP): 1 = optimizer state,
+    2 = + gradients, 3 = + parameters. `sharding` says which library does it."""
+    sharding: Literal["fsdp", "deepspeed"] = "fsdp"
+    """Who shards when zero_stage > 0: PyTorch FSDP (built in; it has no optimizer-only stage, so 1
+    and 2 both run SHARD_GRAD_OP = ZeRO-2, 3 runs FULL_SHARD) or DeepSpeed ZeRO at exactly that
+    stage (needs the `deepspeed` extra). The cost model prices them apart: 2023's HF Trainer FSDP
+    did not prefetch the next layer's weights, DeepSpeed did (docs/cost-model.md, "Sharding")."""
     cpu_offload: bool = False
     """Offload optimizer state to the host (ZeRO-offload)."""
-    sharding: Literal["fsdp", "deepspeed"] = "fsdp"
-    """Which ZeRO-3 implementation (cost model): 2023's HF Trainer FSDP did not prefetch the next
-    layer's weights, DeepSpeed did (docs/cost-model.md, "Sharding")."""
     paged_optimizer: bool = False
     """Paged AdamW (bitsandbytes): optimizer state pages to host memory under pressure (QLoRA)."""
     software: int | None = Field(None, ge=2023, le=2030)
@@ -160,6 +168,14 @@ class Finetune(Strict):
     1.5-1.6x tokens/s and ~30 % less memory for ~20 s of compiling (docs/benchmarks.md); off on CPUs."""
     keep_checkpoints: bool = False
     """Keep student/checkpoints/ after a finished run (by default removed: the merged model is the output)."""
+    sft_args: dict[str, Any] = {}
+    """More TRL `SFTConfig` fields, e.g. `{optim: adamw_torch_fused, lr_scheduler_type: linear,
+    weight_decay: 0.01, neftune_noise_alpha: 5, report_to: [tensorboard]}`; they replace the
+    project's choices (cosine schedule, no weight decay, no reporting). Checked against the installed
+    TRL before anything runs; fields with their own YAML key are refused with its name."""
+    lora_args: dict[str, Any] = {}
+    """More peft `LoraConfig` fields, e.g. `{use_rslora: true, bias: lora_only, modules_to_save: [lm_head]}`;
+    r, alpha, dropout and target modules have their own keys above."""
 
     @property
     def lora_targets(self) -> list[str]:
@@ -254,13 +270,64 @@ def _loc(err: dict[str, Any]) -> str:
     return ".".join(str(p) for p in err["loc"]) or "(top level)"
 
 
+def nearest(key: str, valid, n: int = 3) -> list[str]:
+    """The valid names a mistyped `key` most likely meant, best first: a name whose initials it is
+    (`lr` -> learning_rate), close spellings (difflib), names that contain it, names it abbreviates
+    (its letters in order, same first letter)."""
+    import difflib
+
+    k = key.lower().replace("-", "_")
+
+    def rank(name: str) -> tuple[int, float] | None:  # (tier, tie-break), lower first
+        v = name.lower()
+        ratio = difflib.SequenceMatcher(None, k, v).ratio()
+        it = iter(v)
+        if "".join(w[0] for w in v.split("_") if w) == k:
+            return 0, -len(v)  # an abbreviation of the longer name says more (lr: learning_rate, lora_r)
+        if ratio >= 0.6:
+            return 1, -ratio
+        if k in v:
+            return 2, -ratio
+        if k and v[0] == k[0] and all(c in it for c in k):
+            return 3, -ratio
+        return None
+
+    ranked = sorted((r, name) for name in valid if (r := rank(str(name))) is not None)
+    return [name for _, name in ranked[:n]]
+
+
+def unknown_key_message(key: str, valid) -> str:
+    """`unknown key; did you mean X? (valid keys: ...)`: what a mistyped key and `--set` print."""
+    guess = nearest(key, valid)
+    hint = f"; did you mean {' or '.join(guess)}?" if guess else ""
+    return f"unknown key{hint} (valid keys: {', '.join(sorted(valid))})"
+
+
+def _fields_at(loc: tuple) -> list[str] | None:
+    """Field names of the section that holds `loc`'s last key (None when it is not a model)."""
+    model: type[BaseModel] = Pipeline
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        for arg in (*getattr(ann, "__args__", ()), ann):  # Optional[Teacher] -> Teacher
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+                break
+        else:
+            return None
+    return list(model.model_fields)
+
+
 def format_validation_error(source: str, e: ValidationError) -> str:
     """One line: `file: a.b.c: message` for the first error (+ how many more)."""
     errs = e.errors()
     first = errs[0]
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
-        msg = "unknown key"
+        valid = _fields_at(tuple(first["loc"]))
+        msg = unknown_key_message(str(first["loc"][-1]), valid) if valid else "unknown key"
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
     return f"{source}: {_loc(first)}: {msg}{more}"
 

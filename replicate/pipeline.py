@@ -17,9 +17,10 @@ refuses at once (it does not wait: a queued run would silently repeat the first 
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from replicate import files, meter
+from replicate import files, meter, options
 from replicate.config import Pipeline, load_pipeline
 from replicate.errors import BudgetExceeded, UserError
 from replicate.rundir import DONE, default_run_dir, run_lock, write_resolved
@@ -29,10 +30,8 @@ DEMO = "tiny-cpu.yaml"  # in the shipped pipelines/ folder
 
 
 def say(msg: str) -> None:
-    """One status line per stage, on stderr so `--json`-style stdout stays clean."""
-    from rich.console import Console
-
-    Console(stderr=True, highlight=False).print(msg, markup=False)
+    """One status line per stage, logged (stderr, so `--json` stdout stays clean; -q hides it)."""
+    logging.getLogger("replicate").info(msg)
 
 
 def remaining_usd(cfg: Pipeline, budget_dir: Path) -> float | None:
@@ -75,6 +74,18 @@ def record_estimate(run_dir: Path, est: dict, stages: tuple[str, ...] = tuple(DO
             meter.write_estimate(run_dir, s["name"], **estimate_fields(s, est), **tags)
 
 
+def record_stage_estimate(cfg: Pipeline, run_dir: Path, stage: str, calibration: dict | None = None) -> None:
+    """A stage command run on its own (`replicate generate`, ...) records its stage's estimate as
+    `replicate run` does, so the report compares every measured stage with a prediction. A
+    pipeline the cost model cannot price still runs: the report then says why there is no estimate."""
+    try:
+        est = estimate(cfg, calibration)
+    except UserError as e:
+        logging.getLogger("replicate").warning(f"{stage}: no estimate recorded ({e})")
+        return
+    record_estimate(Path(run_dir), est, stages=(stage,))
+
+
 # ---- the stages -------------------------------------------------------------------------------
 
 
@@ -112,6 +123,7 @@ def run_pipeline(cfg: Pipeline, run_dir: Path, *, calibration: dict | None = Non
     say(f"estimate: ${est['total']['usd']:,.4f}, {est['total']['gpu_hours']:.4g} device-hours, "
         f"{est['total']['wall_hours'] * 60:.1f} min wall")
     refuse_over_budget(est["total"]["usd"], cfg, f"pipeline {cfg.name!r}")
+    options.check_pipeline(cfg)  # a typo in finetune.sft_args must not wait for generation
     with run_lock(run_dir):
         from replicate import evaluate, finetune, generate  # heavy (torch): only once the lock is ours
         from replicate.report import write_report
@@ -131,9 +143,9 @@ def run_pipeline(cfg: Pipeline, run_dir: Path, *, calibration: dict | None = Non
     return paths
 
 
-def run_demo(run_dir: str | None = None) -> dict:
-    """The offline default replication (`make demo`): pipelines/tiny-cpu.yaml."""
+def run_demo(run_dir: str | None = None, overrides: list[str] = ()) -> dict:
+    """The offline default replication (`make demo`): pipelines/tiny-cpu.yaml, `--set` applied."""
     path = files.shipped("pipelines") / DEMO
-    say(f"demo: replicate run {path}")
-    cfg = load_pipeline(path)
+    say(f"demo: replicate run {path}" + "".join(f" --set {o}" for o in overrides))
+    cfg = load_pipeline(path, overrides)
     return run_pipeline(cfg, default_run_dir(cfg.name, run_dir))

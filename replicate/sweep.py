@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from replicate import files
+from replicate import cards, files, options
 from replicate.config import Pipeline, with_examples
 from replicate.cost.estimate import stage_usd
 from replicate.errors import UserError
@@ -41,6 +41,7 @@ def make_subset(root: Path, sub: Path, n: int, train: list[dict]) -> None:
     for name in ("held_out.jsonl", "README.md"):
         if (root / "data" / name).is_file():
             shutil.copyfile(root / "data" / name, data / name)
+    cards.refresh_config(data, f"{root.name}-{sub.name}")  # its own rows: its own datasets config
     done = {"subset_of": str(root / "data" / "train.jsonl"), "examples": n, "source_rows": len(train)}
     files.write_json(data / "done.json", done)
 
@@ -67,6 +68,7 @@ def run_sweep(cfg: Pipeline, root: Path, sizes: list[int], *, calibration: dict 
     total = stage_usd(gen_est, "generate") + sum(stage_usd(e, "finetune", "evaluate") for e in size_ests.values())
     say(f"estimate: sweep over {sizes} examples: ${total:,.4f}")
     refuse_over_budget(total, cfg, f"sweep over {sizes} examples")
+    options.check_pipeline(cfg)
     budget = (cfg, root)  # the budget covers the whole sweep: root ledger + every n<N>/ ledger
     with run_lock(root):
         from replicate import evaluate, finetune, generate  # heavy (torch): only once the lock is ours

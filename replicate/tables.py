@@ -3,7 +3,9 @@
 Every console table, report table and status line goes through these, so a dollar, a duration
 or an interval reads the same everywhere.
 
-    money(0.000862) -> "$0.000862"   money(0.0123) -> "$0.0123"   money(12.3) -> "$12.30"   money(1234) -> "$1,234"
+    money(0.000862) -> "$0.000862"   money(0.0123) -> "$0.0123"   money(0.1) -> "$0.10"   money(12.3) -> "$12.30"
+    money(1234) -> "$1,234"
+    tokens(49_600) -> "49.6K"   tokens(21_840_000) -> "21.8M"
     duration(95) -> "95 s"   duration(600) -> "10.0 min"   duration(9000) -> "2.5 h"
     num(0.123456) -> "0.123"   num(12345.6) -> "12,346"   num(None) -> "-"
     interval(0.15, [0.07, 0.22]) -> "0.15 [0.07, 0.22]"
@@ -52,7 +54,20 @@ def money(usd) -> str:
         return f"${usd:,.0f}"
     if abs(usd) >= 1:
         return f"${usd:,.2f}"
-    return f"${usd:.3g}" if abs(usd) >= 1e-4 else f"${usd:.2e}"
+    if abs(usd) < 1e-4:
+        return f"${usd:.2e}"
+    text = f"{usd:.3g}"  # three significant digits, but never fewer than cents: $0.10, not $0.1
+    return f"${usd:.2f}" if len(text.partition(".")[2]) < 2 else f"${text}"
+
+
+def tokens(n) -> str:
+    """A token count with an SI suffix: 950 -> "950", 49_600 -> "49.6K", 21_840_000 -> "21.8M"."""
+    if not _finite(n):
+        return MISSING
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.0f}"
 
 
 def duration(seconds) -> str:

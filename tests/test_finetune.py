@@ -25,22 +25,6 @@ DATA = Path(__file__).parent / "data"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, teacher_dir):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
-
-    out = tmp_path_factory.mktemp("tiny-qwen2")
-    tok = AutoTokenizer.from_pretrained(teacher_dir)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                      max_position_embeddings=512, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def make_run(root: Path, name: str, student: str, data: str = "alpaca_small.jsonl", **finetune) -> tuple[Path, Path]:
     """A run directory with data/train.jsonl and its pipeline YAML (what `replicate finetune` reads)."""
     ft = {"method": "full", "epochs": 2, "max_length": 128, "batch_size": 4, "packing": True, "bf16": False,
@@ -125,7 +109,8 @@ def test_killed_run_resumes_to_the_same_steps_and_data_order(tmp_path, tiny_dir,
     ref_steps, steps = steps_by_number(ref_dir), steps_by_number(run_dir)
     assert [s["crc"] for s in steps.values()] == [s["crc"] for s in ref_steps.values()]  # same batches, same order
     assert steps[metrics["global_step"]]["loss"] == pytest.approx(ref_steps[metrics["global_step"]]["loss"], rel=1e-4)
-    (line,) = read_jsonl(run_dir / "ledger.jsonl")  # SIGKILL leaves no line; the resumed chunk writes one
+    # SIGKILL leaves no measured line; the resumed chunk writes one (`replicate finetune` also records its estimate)
+    (line,) = [r for r in read_jsonl(run_dir / "ledger.jsonl") if r["kind"] == "measured"]
     assert line["steps_this_run"] == metrics["global_step"] - metrics["resumed_from_step"]
 
 
@@ -141,7 +126,8 @@ def test_two_processes_train_the_same_tokens_as_one(tmp_path, tiny_dir, referenc
     assert metrics["num_devices"] == 2 and metrics["global_step"] == 12  # 2 epochs x 48 / (4 x 2)
     assert metrics["trained_tokens"] == ref_metrics["trained_tokens"]
     assert (run_dir / "student" / "adapter" / "adapter_config.json").is_file()
-    (line,) = read_jsonl(run_dir / "ledger.jsonl")
+    line, est = sorted(read_jsonl(run_dir / "ledger.jsonl"), key=lambda r: r["kind"] == "estimate")
+    assert est["kind"] == "estimate" and est["stage"] == "finetune"  # the stage command records its estimate
     assert line["num_devices"] == 2 and line["trained_tokens"] == ref_metrics["trained_tokens"]
 
 

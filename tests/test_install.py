@@ -34,23 +34,37 @@ def test_wheel_estimates_from_another_directory(installed, tmp_path):
     exe, env = installed
     pipeline = tmp_path / "copy.yaml"  # a user's own file, outside the repository
     pipeline.write_text((ROOT / "pipelines" / "published" / "alpaca-2023.yaml").read_text())
-    out = subprocess.run([str(exe), "estimate", str(pipeline), "--json"], check=False, cwd=tmp_path, env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run([str(exe), "estimate", str(pipeline), "--json"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     est = json.loads(out.stdout)
     assert est["prices"] == 2023 and 300 < est["total"]["usd"] < 1500
     where = subprocess.run([str(exe.parent / "python"), "-c", "import replicate; print(replicate.__file__)"],
-                           check=False, cwd=tmp_path, env=env, capture_output=True, text=True).stdout
+                           cwd=tmp_path, env=env, capture_output=True, text=True, check=False).stdout
     assert str(ROOT) not in where and "site-packages" in where  # the wheel's copy, not the checkout
 
 
 def test_wheel_plans_and_lists_models(installed, tmp_path):
     exe, env = installed
-    plan = subprocess.run([str(exe), "plan", "--budget", "100", "--top", "2", "--json"], check=False,
-                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    plan = subprocess.run([str(exe), "plan", "--budget", "100", "--top", "2", "--json"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, check=False)
     assert plan.returncode == 0, plan.stderr
     assert len(json.loads(plan.stdout)["options"]) == 2
-    models = subprocess.run([str(exe), "models", "--json"], check=False, cwd=tmp_path, env=env, capture_output=True,
-                            text=True)
+    models = subprocess.run([str(exe), "models", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
     assert models.returncode == 0, models.stderr
     assert {m["ref"] for m in json.loads(models.stdout)} == {"packaged:smollm2-135m-instruct", "packaged:gemma-3-270m"}
+
+
+def test_wheel_reports_a_run_from_another_directory(installed, tmp_path):
+    exe, env = installed
+    run = tmp_path / "elsewhere" / "run"
+    run.mkdir(parents=True)
+    lines = [{"stage": "generate", "kind": "estimate", "device_hours": 0.01, "wall_s": 36, "usd": 0.001},
+             {"stage": "generate", "kind": "measured", "device": "cpu", "num_devices": 1, "wall_s": 40,
+              "device_hours": 40 / 3600, "usd": 0.0011, "output_tokens": 4000}]
+    (run / "ledger.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = subprocess.run([str(exe), "report", "run", "--json"], cwd=run.parent, env=env, capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["totals"]["measured"]["usd"] == pytest.approx(0.0011) and (run / "report.html").is_file()

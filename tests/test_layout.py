@@ -11,11 +11,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "replicate"
 
 STAGES = {"generate", "finetune", "evaluate"}
-SPINE = {"config", "errors", "files", "meter", "rundir", "tables", "prompts", "rouge", "weights", "precision",
-         "__init__"}
+SPINE = {"config", "errors", "files", "meter", "rundir", "tables", "prompts", "rouge", "weights", "precision", "log", "progress",
+         "options", "cards", "__init__"}
 # The rooms each room must not enter. A stage never imports another stage, the top (pipeline,
 # sweep, cli) or the report; the cost model is pure; the report reads files and runs nothing.
-TOP = {"pipeline", "sweep", "cli"}
+TOP = {"pipeline", "sweep", "cli", "api"}
 FORBIDDEN = {
     "spine": STAGES | TOP | {"cost", "engines", "report"},
     "cost": STAGES | TOP | {"engines", "report"},
@@ -24,8 +24,9 @@ FORBIDDEN = {
     "finetune": (STAGES - {"finetune"}) | TOP | {"report"},
     "evaluate": (STAGES - {"evaluate"}) | TOP | {"report"},
     "report": STAGES | TOP | {"engines"},
-    "pipeline": {"sweep", "cli"},
-    "sweep": {"cli"},
+    "pipeline": {"sweep", "cli", "api"},
+    "sweep": {"cli", "api"},
+    "api": {"cli"},
     "cli": set(),
 }
 

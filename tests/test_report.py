@@ -162,3 +162,37 @@ def test_html_renders_in_headless_chromium_with_every_image_loaded(tmp_path):
     assert len(widths) == 3  # cost breakdown, estimate vs measured, copy curve
     assert all(w > 300 for w in widths), widths  # decoded PNGs, not broken-image placeholders
     assert int(re.search(r"data-tables=\"(\d+)\"", out.stdout).group(1)) == 3  # costs, sweep points, fits
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (apt-get install -y chromium)")
+def test_html_screenshot_of_a_run_report(run_dir, tmp_path):
+    """A PNG of the whole page as a reader sees it (kept in the test's tmp folder to look at): the
+    cost table's units, every empty cell explained, the charts' legends."""
+    html_path = write_report(run_dir)["html"]
+    shot = tmp_path / "report.png"
+    out = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                          "--window-size=1200,2600", f"--screenshot={shot}", html_path.as_uri()],
+                         capture_output=True, text=True, timeout=90, check=False)
+    assert shot.is_file() and shot.stat().st_size > 50_000, out.stderr[-500:]
+    import matplotlib.image
+
+    px = matplotlib.image.imread(shot)
+    assert px.shape[0] == 2600 and px.shape[1] == 1200
+    assert (px[..., :3].std(axis=(0, 1)) > 0.05).any()  # not a blank page
+    text = html_path.read_text()
+    assert "cost (USD)" in text and "$0.011" in text and "e-0" not in re.sub(r"base64,[^\"]+", "", text)
+    assert "output tokens/s" in text and "(output_tokens)" not in text
+
+
+def test_every_empty_cell_is_explained_and_money_has_units(tmp_path):
+    d = tmp_path / "partial"
+    meter.write_estimate(d, "generate", device_hours=0.05, wall_s=180, usd=0.01, tokens_per_s=120.0)
+    _measured(d, "generate", 150, 0.000862, output_tokens=20_000)
+    _measured(d, "finetune", 360, 0.024, trained_tokens=270_000)  # run on its own, no estimate
+    rep = build_report(d)
+    assert any(n.startswith("finetune: no estimate recorded") for n in rep["notes"])
+    assert any(n.startswith("total: no measured/estimated ratio") for n in rep["notes"])
+    md = write_report(d)["md"].read_text()
+    assert "the estimate was $0.01 (for generate only)." in md and "the estimate was $0 " not in md
+    assert "| $0.01 / $0.000862 (0.09x) |" in md and "8.62e-04" not in md
+    assert "- finetune: no estimate recorded" in md and "(trained_tokens)" not in md

@@ -120,6 +120,43 @@ def hardware(key: str) -> Device:
     )
 
 
+# How torch names a CUDA device -> the catalog key (checked in order: "A100-SXM4-80GB" before "A100").
+DETECTED = (("H200", "h200"), ("H100 PCIE", "h100-pcie"), ("H100", "h100-sxm"), ("A100-SXM4-40GB", "a100-40gb"),
+            ("A100-PCIE-40GB", "a100-40gb"), ("A100", "a100-80gb"), ("L4", "l4"), ("A10G", "a10g"), ("A10", "a10"),
+            ("RTX 4090", "rtx-4090"), ("V100", "v100"))
+
+
+def detected_key(device: str) -> str | None:
+    """The catalog key of a device as the meter names it (`meter.device_name()`): `cpu: ...` ->
+    cpu, `NVIDIA H200` -> h200; None for a device the catalog does not list."""
+    if device.startswith("cpu"):
+        return "cpu"
+    import re
+
+    up = device.upper()  # a whole token: "L4" must not match an L40S
+    return next((key for pattern, key in DETECTED if re.search(rf"(?<![A-Z0-9]){re.escape(pattern)}(?![A-Z0-9])", up)),
+                None)
+
+
+def priced_device(declared: str, device: str, year: int, spot: bool = False) -> tuple[str, float, str | None]:
+    """(key priced, dollars per device-hour, warning or None): a run is priced as the device it
+    really ran on. When that differs from the YAML's `gpu`, the warning says so in one line; a
+    device the catalog does not know is priced as declared, and the warning says that too."""
+    key = detected_key(device)
+    if key is None or key == declared:
+        note = None if key == declared else (f"hardware.gpu is {declared!r} but this runs on {device!r}, which "
+                                             f"budgets/hardware.yaml does not list: priced as {declared}")
+        return declared, usd_per_device_hour(declared, year, spot), note
+    try:
+        usd = usd_per_device_hour(key, year, spot)
+    except UserError:
+        return declared, usd_per_device_hour(declared, year, spot), (
+            f"hardware.gpu is {declared!r} but this runs on {device!r} ({key}), which has no {year} price: "
+            f"priced as {declared}")
+    return key, usd, (f"hardware.gpu is {declared!r} but this runs on {device!r}: priced as {key} "
+                      f"(${usd:g}/device-hour, {year}); set hardware.gpu: {key} to estimate it too")
+
+
 # ---------------------------------------------------------------------------------------------
 # Prices
 
@@ -133,6 +170,14 @@ def price_years() -> tuple[int, ...]:
         except ValueError:
             continue
     return tuple(sorted(years))
+
+
+def newest_price_year() -> int:
+    """The newest dated price table: what `--prices` means when neither it nor a pipeline names a year."""
+    years = price_years()
+    if not years:
+        raise UserError(f"{budgets_dir()}: no prices-YEAR.yaml table (set REPLICATE_BUDGETS to the budgets/ folder)")
+    return years[-1]
 
 
 def prices(year: int) -> dict:

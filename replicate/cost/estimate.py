@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from replicate.config import Pipeline
 from replicate.cost import catalog
-from replicate.cost.generation import NoFitInference, api_wall_s, selfhosted_time
+from replicate.cost.generation import NoFitInference, api_wall_s, generation_layout, selfhosted_time
 from replicate.cost.params import DEFAULTS, at_key, check_calibration, params_for, stack, usd_range
 from replicate.cost.training import NoFit, TrainJob, finetune_time
 from replicate.cost.workload import ALPACA, Workload, workload
@@ -97,6 +97,8 @@ def _generation(name: str, key: str, teacher, requests: float, prompt: float, ou
         device, dtype = device_in_precision(hw.gpu, teacher.dtype)
         rate = catalog.usd_per_device_hour(hw.gpu, year, hw.spot)
     p, calibrated = params_for(device, calibration)
+    # vLLM arguments the model has a term for: the KV cache's share of memory, the batch cap.
+    p = {**p, **{k: v for k, v in teacher.engine_args.items() if k in ("gpu_memory_utilization", "max_num_seqs")}}
     try:
         t = selfhosted_time(shape, device, hw.count, requests=requests, prompt_tokens=prompt, output_tokens=output, p=p,
                             in_flight=in_flight)
@@ -124,6 +126,18 @@ def device_in_precision(key: str, asked: str) -> tuple[catalog.Device, dict]:
         return device, {}
     p = planned_dtype(asked)
     return device.in_precision(p.dtype), {"dtype": p.dtype, "dtype_reason": p.reason}
+
+
+def teacher_layout(teacher, hardware=None) -> tuple[int, int] | None:
+    """(tensor parallel, replicas) the estimate prices for a self-hosted teacher, which the run then
+    starts (engines/replicas.py); None when the cost model does not know the model or device (the
+    run then starts one engine over every device)."""
+    hw = hardware or teacher.hardware
+    try:
+        return generation_layout(catalog.model_shape(teacher.model),
+                                 device_in_precision(hw.gpu, teacher.dtype)[0], hw.count)
+    except (UserError, NoFitInference):
+        return None
 
 
 def generate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> StageEstimate:

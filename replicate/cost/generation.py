@@ -40,14 +40,22 @@ class NoFitInference(Exception):
     """The weights do not fit on the devices; args[0] = bytes of bf16 weights."""
 
 
+def generation_layout(shape: ModelShape, device: Device, count: int) -> tuple[int, int]:
+    """(tensor parallel, replicas) of a self-hosted engine on `count` devices: the smallest
+    power-of-two TP whose weight shard leaves room for a KV cache, and count // tp data-parallel
+    engines. The run starts exactly this (engines/replicas.py); e.g. a 70B bf16 model (141 GB) on
+    8x A100-80GB: TP 4 (35 GB a shard) x 2 replicas. Raises NoFitInference when even `count` is not enough."""
+    tp = tensor_parallel_for(shape, device, count)
+    if tp == 0:
+        raise NoFitInference(inference_weight_bytes(shape, device.bytes_per_value))
+    return tp, count // tp
+
+
 def selfhosted_time(shape: ModelShape, device: Device, count: int, *, requests: float, prompt_tokens: float,
                     output_tokens: float, p: dict, in_flight: float | None = None) -> GenTime:
     """`prompt_tokens`, `output_tokens`: means per request; `in_flight`: the most requests the caller
     hands the engine(s) at once (None: all of them)."""
-    tp = tensor_parallel_for(shape, device, count)
-    if tp == 0:
-        raise NoFitInference(inference_weight_bytes(shape, device.bytes_per_value))
-    replicas = count // tp
+    tp, replicas = generation_layout(shape, device, count)
     n = shape.params
     weights = inference_weight_bytes(shape, device.bytes_per_value)  # fp32 on a CPU without bf16
     kv_token = shape.kv_bytes_per_token(device.bytes_per_value)

@@ -16,16 +16,21 @@ from replicate.errors import UserError
 __all__ = ["Backend", "Completion", "Request", "Sampling", "open_engine"]
 
 
-def open_engine(cfg: config.Teacher, *, max_in_flight: int | None = None, **engine_kwargs) -> Backend:
-    """The one place a backend is picked. `max_in_flight`: requests kept in the engine at once."""
+def open_engine(cfg: config.Teacher, *, max_in_flight: int | None = None, layout: tuple[int, int] | None = None,
+                **engine_kwargs) -> Backend:
+    """The one place a backend is picked. `max_in_flight`: requests kept in the engine at once.
+    `layout`: (tensor parallel, replicas) of a vLLM teacher, the cost model's choice for its
+    hardware (cost.generation.generation_layout); None = one engine over all hardware.count devices."""
     if cfg.backend == "vllm":
-        from replicate.engines.vllm import VLLMEngine
+        from replicate.engines.replicas import open_vllm
+        from replicate.options import engine_args
         from replicate.weights import resolve
 
-        return VLLMEngine(
-            resolve(cfg.model, trust_remote_code=cfg.trust_remote_code), chat=cfg.chat, dtype=cfg.dtype,
-            max_model_len=cfg.max_model_len, tensor_parallel_size=cfg.hardware.count,
-            trust_remote_code=cfg.trust_remote_code, max_in_flight=max_in_flight or 256, **engine_kwargs,
+        tp, replicas = layout or (cfg.hardware.count, 1)
+        return open_vllm(
+            resolve(cfg.model, trust_remote_code=cfg.trust_remote_code), tp, replicas, chat=cfg.chat,
+            dtype=cfg.dtype, max_model_len=cfg.max_model_len, trust_remote_code=cfg.trust_remote_code,
+            max_in_flight=max_in_flight or 256, **{**engine_args(cfg.engine_args), **engine_kwargs},
         )
     elif cfg.backend == "openai":
         from replicate.engines.openai import OpenAIEngine

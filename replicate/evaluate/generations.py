@@ -133,8 +133,11 @@ def _open_backend(c: Contender, cfg: Pipeline):
     from replicate.engines.vllm import VLLMEngine
 
     try:
-        if c.role == "teacher":
-            return open_engine(cfg.teacher)
+        if c.role == "teacher":  # the estimate's layout, as in generate
+            from replicate.cost.estimate import teacher_layout
+
+            vllm = cfg.teacher.backend == "vllm"
+            return open_engine(cfg.teacher, layout=teacher_layout(cfg.teacher, cfg.evaluate.hardware) if vllm else None)
         if c.backend == "vllm":
             return VLLMEngine(c.path, chat=c.chat, dtype=cfg.evaluate.dtype, max_model_len=c.max_len,
                               seed=cfg.evaluate.seed, trust_remote_code=c.trust_remote_code, max_in_flight=64)

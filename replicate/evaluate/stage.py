@@ -77,7 +77,7 @@ def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = Non
               judge_output_tokens=extra["judge"].get("output_tokens", 0),
               judge_usd=extra["judge"].get("usd", 0.0), judge_unresolved=sum(extra["judge"].get("unresolved", {}).values()))
         write_samples(out_dir, opens, probes, gen.outputs, per_item)
-        write_alpaca_eval(out_dir, opens, gen.outputs, cons)
+        write_alpaca_eval(out_dir, opens, gen.outputs, generator_names(cfg, cons))
         scores["cost"] = {"wall_s": round(m.wall_s, 1), "usd": m.usd_so_far(), "device": m.device,
                           "prompt_tokens": int(m.fields.get("prompt_tokens", 0)),
                           "output_tokens": int(m.fields.get("output_tokens", 0))}
@@ -163,12 +163,26 @@ def write_samples(out_dir: Path, opens, probes, outputs, per_item) -> None:
     files.write_jsonl(out_dir / "samples.jsonl", rows)
 
 
-def write_alpaca_eval(out_dir: Path, opens, outputs, cons) -> None:
+def generator_names(cfg: Pipeline, cons) -> dict[str, str]:
+    """AlpacaEval `generator` per role, saying which run and which model: leaderboards and
+    annotation caches key on it, so two runs' students must not share a name.
+    E.g. `tiny-cpu/student: gemma-3-270m + lora` and `tiny-cpu/teacher: smollm2-135m-instruct`."""
+    def short(ref: str) -> str:
+        return Path(ref.removeprefix("packaged:")).name
+
+    student = f"{short(cfg.student.model)} + {cfg.finetune.method}"
+    by_role = {c.role: c for c in cons}
+    if "student" in by_role and by_role["student"].path and not str(by_role["student"].path).endswith("merged"):
+        student = short(str(by_role["student"].path))  # --student FOLDER: the folder names the model
+    return {"student": f"{cfg.name}/student: {student}", "teacher": f"{cfg.name}/teacher: {short(cfg.teacher.model)}",
+            "base": f"{cfg.name}/base: {short(cfg.student.model)}"}
+
+
+def write_alpaca_eval(out_dir: Path, opens, outputs, names: dict[str, str]) -> None:
     """The student's (and, as reference, the teacher's) outputs in AlpacaEval's model_outputs format:
     alpaca_eval --model_outputs eval/alpaca_eval.json --reference_outputs eval/alpaca_eval_teacher.json"""
-    names = {c.role: Path(c.ref).name if c.path else c.ref for c in cons}
     for role, fname in (("student", "alpaca_eval.json"), ("teacher", "alpaca_eval_teacher.json")):
         rows = [{"instruction": user_message(it["instruction"], it["input"]), "output": outputs[role]["open"][i] or "",
-                 "generator": f"{role}:{names[role]}", "dataset": f"replicate-{it['source']}"}
+                 "generator": names[role], "dataset": f"replicate-{it['source']}"}
                 for i, it in enumerate(opens)]
         files.write_json(out_dir / fname, rows)

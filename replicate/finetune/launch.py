@@ -6,8 +6,10 @@ student/launch/accelerate.yaml and runs
     python -m accelerate.commands.launch --config_file accelerate.yaml -m replicate.finetune.launch job.json
 
 accelerate starts one process per device through torchrun; each runs `finetune.train` (DDP; on a
-CPU the gloo backend). zero_stage > 0 writes an FSDP config instead (stage 3 = FULL_SHARD, 1-2 =
-SHARD_GRAD_OP: FSDP has no optimizer-only sharding). Exit code 3 = budget stop, 2 = user error.
+CPU the gloo backend). zero_stage > 0 shards full fine-tuning with `finetune.sharding`: FSDP (stage
+3 = FULL_SHARD, 1-2 = SHARD_GRAD_OP: FSDP has no optimizer-only sharding) or DeepSpeed ZeRO at
+exactly that stage. Several nodes: nodes.py writes one launcher per node. Exit code 3 = budget
+stop, 2 = user error.
 """
 from __future__ import annotations
 
@@ -23,13 +25,28 @@ from replicate.errors import BudgetExceeded, UserError
 from replicate.finetune.train import train
 
 
-def accelerate_config(ft, num_processes: int, port: int) -> dict:
+def accelerate_config(ft, num_processes: int, port: int, *, num_machines: int = 1, machine_rank: int = 0,
+                      main_process_ip: str | None = None) -> dict:
     """accelerate's launch config. MULTI_GPU is accelerate's name for "torchrun starts the
-    processes"; on a CPU each process then picks gloo itself (SFTConfig(use_cpu=True))."""
+    processes"; on a CPU each process then picks gloo itself (SFTConfig(use_cpu=True)).
+    `num_processes` counts every process of every machine (accelerate's convention)."""
     acc = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU", "num_processes": num_processes,
-           "num_machines": 1, "machine_rank": 0, "main_process_port": port, "mixed_precision": "no",
-           "rdzv_backend": "static", "same_network": True, "use_cpu": False, "dynamo_config": {}}
-    if ft.zero_stage > 0 and ft.method == "full":
+           "num_machines": num_machines, "machine_rank": machine_rank, "main_process_port": port,
+           "mixed_precision": "no", "rdzv_backend": "static", "same_network": True, "use_cpu": False,
+           "dynamo_config": {}}
+    if main_process_ip:
+        acc["main_process_ip"] = main_process_ip
+    if ft.zero_stage > 0 and ft.method == "full" and ft.sharding == "deepspeed":
+        acc["distributed_type"] = "DEEPSPEED"
+        acc["deepspeed_config"] = {
+            "zero_stage": ft.zero_stage,  # 1 optimizer state, 2 + gradients, 3 + parameters
+            "offload_optimizer_device": "cpu" if ft.cpu_offload else "none",
+            "offload_param_device": "cpu" if ft.cpu_offload and ft.zero_stage == 3 else "none",
+            "zero3_init_flag": ft.zero_stage == 3,
+            "zero3_save_16bit_model": True,  # save_model gathers full weights, as FSDP's FULL_STATE_DICT
+            "gradient_accumulation_steps": ft.gradient_accumulation,
+        }
+    elif ft.zero_stage > 0 and ft.method == "full":
         acc["distributed_type"] = "FSDP"
         acc["fsdp_config"] = {
             "fsdp_version": 2,
@@ -42,6 +59,16 @@ def accelerate_config(ft, num_processes: int, port: int) -> dict:
     return acc
 
 
+def check_sharding(ft) -> None:
+    """DeepSpeed is an optional extra: say so before any process starts."""
+    import importlib.util
+
+    if ft.sharding == "deepspeed" and ft.zero_stage > 0 and ft.method == "full" and \
+            importlib.util.find_spec("deepspeed") is None:
+        raise UserError("finetune.sharding: deepspeed is not installed: run  pip install -e '.[deepspeed]'  "
+                        "(or use sharding: fsdp, built into torch)")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,6 +79,7 @@ def launch_processes(cfg, run_dir: Path, train_file: Path, out_dir: Path, max_us
     import torch
 
     n = cfg.finetune.hardware.count
+    check_sharding(cfg.finetune)
     if torch.cuda.is_available() and torch.cuda.device_count() < n:
         raise UserError(f"finetune.hardware.count: {n} processes asked for, {torch.cuda.device_count()} GPUs visible")
     launch = out_dir / "launch"

@@ -1,4 +1,5 @@
-"""Metering for the fine-tuning stage: tokens, time, FLOPs, MFU, memory, dollars, and a progress bar.
+"""Metering for the fine-tuning stage: tokens, time, FLOPs, MFU, memory, dollars, and progress
+(replicate/progress.py: a bar on a terminal, a plain line with loss and tokens/s in a log).
 
 Conventions (docs/finetune.md):
 - trained tokens = non-padding tokens (prompt + completion) that went through forward and backward,
@@ -135,12 +136,11 @@ class _MeterLogic:
         self.is_main = state.is_world_process_zero
         self._step_t = self.t0
         if self.show and self.is_main:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from replicate.progress import Progress
 
-            self._bar = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=False)
-            self._bar.start()
-            self._task = self._bar.add_task("", total=state.max_steps, completed=state.global_step, status="")
+            self._bar = Progress(self.label, state.max_steps, state.global_step, "steps")
+            # Lines from the start: loading and the first step can take minutes on a CPU.
+            self._bar.update(state.global_step, usd=self.usd(self.t0 - (self.started or self.t0)))
 
     def on_step_end(self, args, state, control, **kw):
         _sync()
@@ -171,14 +171,17 @@ class _MeterLogic:
             el = self.elapsed()
             tok_s = self.tally.tokens * self.world_size / el if el > 0 else 0.0
             spent = self.usd(time.perf_counter() - (self.started if self.started is not None else self.t0))
-            self._bar.update(self._task, completed=state.global_step,
-                             status=f"loss {self.last_loss:.3f}  {tok_s:,.0f} tok/s  ${spent:.4f}")
+            self._bar.update(state.global_step, loss=self.last_loss, tokens_per_s=tok_s, usd=spent)
 
     def on_train_end(self, args, state, control, **kw):
         _sync()
         self.wall_s = self.elapsed()
+        self.close_progress()
+
+    def close_progress(self) -> None:
+        """End the progress display (also when training stops on an exception)."""
         if self._bar is not None:
-            self._bar.stop()
+            self._bar.close()
             self._bar = None
 
     # --- the numbers that go to the ledger and train_metrics.json ---------------------------

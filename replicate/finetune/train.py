@@ -14,7 +14,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from replicate import files, meter
+from replicate import files, log, meter, options
 from replicate.config import Pipeline
 from replicate.errors import BudgetExceeded, UserError, missing_extra
 from replicate.finetune.checks import check_memory, last_good_checkpoint
@@ -42,12 +42,15 @@ def check_method(method: str) -> None:
 
 
 def device_info(cfg: Pipeline) -> tuple[float, float | None]:
-    """(dollars per device-hour, peak FLOP/s of one device) from the catalog; None peak = unknown."""
+    """(dollars per device-hour, peak FLOP/s of one device) of the device this process really runs
+    on (a `gpu: cpu` pipeline on an H200 is priced as an H200, with a one-line warning)."""
     from replicate.cost import catalog
 
     hw = cfg.finetune.hardware
-    price = catalog.usd_per_device_hour(hw.gpu, cfg.prices, spot=hw.spot)
-    return price, catalog.hardware(hw.gpu).peak_flops
+    key, price, warning = catalog.priced_device(hw.gpu, meter.device_name()[0], cfg.prices, hw.spot)
+    if warning and int(os.environ.get("RANK", "0")) == 0:
+        log.get().warning(f"finetune: {warning}")
+    return price, catalog.hardware(key).peak_flops
 
 
 def training_precision(ft) -> Precision:
@@ -122,17 +125,19 @@ def load_model(cfg: Pipeline, model_dir: Path, bf16: bool):
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
-                                 target_modules=ft.lora_targets, task_type="CAUSAL_LM")
+                                 target_modules=ft.lora_targets, task_type="CAUSAL_LM",
+                                 **options.lora_args(ft.lora_args))
     return model, peft_config, sum(p.numel() for p in model.parameters())
 
 
 def sft_config(cfg: Pipeline, out_dir: Path, bf16: bool, world: int):
-    """TRL's SFTConfig with everything explicit (TRL's defaults turn bf16 and gradient checkpointing on)."""
+    """TRL's SFTConfig with everything explicit (TRL's defaults turn bf16 and gradient checkpointing on);
+    finetune.sft_args (checked against the installed TRL) replace the project's own choices."""
     import torch
     from trl import SFTConfig
 
     ft = cfg.finetune
-    return SFTConfig(
+    kw = dict(  # noqa: C408 - keyword form: these are SFTConfig's own argument names
         output_dir=str(out_dir / "checkpoints"), num_train_epochs=ft.epochs, per_device_train_batch_size=ft.batch_size,
         gradient_accumulation_steps=ft.gradient_accumulation, learning_rate=learning_rate(cfg),
         lr_scheduler_type="cosine", warmup_steps=ft.warmup_ratio, weight_decay=0.0, bf16=bf16,
@@ -142,6 +147,10 @@ def sft_config(cfg: Pipeline, out_dir: Path, bf16: bool, world: int):
         disable_tqdm=True, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
         ddp_find_unused_parameters=False if world > 1 else None,
     )
+    kw.update(options.sft_args(ft.sft_args))
+    if kw.get("report_to") and "logging_dir" not in ft.sft_args:
+        kw["logging_dir"] = str(out_dir / "logs")  # TensorBoard & co. write beside the student
+    return SFTConfig(**kw)
 
 
 def learning_rate(cfg: Pipeline) -> float:
@@ -173,7 +182,8 @@ def _train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_us
     ft = cfg.finetune
     world, rank, price = chunk.num_devices, int(os.environ.get("RANK", "0")), chunk.usd_per_device_hour
     model_dir = weights.resolve(cfg.student.model, trust_remote_code=cfg.student.trust_remote_code)
-    disable_progress_bar()  # transformers' loading bars; the stage draws one bar of its own
+    if not log.verbose():  # -v: transformers' loading bars and TRL's step logs as well
+        disable_progress_bar()  # transformers' loading bars; the stage draws one bar of its own
     _score_loss_positions_only_on_cpu()
 
     # 1. Data, then 2. will it fit? (checked before any weight is loaded), then 3. the model.
@@ -197,8 +207,9 @@ def _train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_us
         data_collator=Collator(data.tokenizer.pad_token_id, packed=data.packed, pad_to_multiple_of=data.pad_to),
         peft_config=peft_config, callbacks=[meter_cb])
     trainer.tally = tally
-    for cb in (PrinterCallback, ProgressCallback):  # our bar replaces theirs
-        trainer.remove_callback(cb)
+    for cb in (PrinterCallback, ProgressCallback):  # our progress replaces theirs (-v: their step logs stay)
+        if not (log.verbose() and cb is PrinterCallback):
+            trainer.remove_callback(cb)
 
     # 5. Train, resuming from the last complete checkpoint; one ledger line per run or chunk.
     chunk.set(precision=precision.as_ledger())
@@ -212,7 +223,7 @@ def _train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_us
                              f"on the budget (${max_usd:.4f}); the checkpoint is saved: raise the budget and rerun")
 
     # 6. Outputs, then the chunk's ledger line, LAST the metrics (their presence marks the stage done).
-    fsdp = ft.method == "full" and world > 1 and ft.zero_stage > 0
+    fsdp = ft.method == "full" and world > 1 and ft.zero_stage > 0  # sharded: FSDP or DeepSpeed
     if fsdp:  # every rank joins the full-state-dict gather; the main process writes
         trainer.save_model(str(out_dir / "merged.tmp"))
     if rank != 0:
@@ -223,7 +234,8 @@ def _train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_us
         os.replace(out_dir / "merged.tmp", out_dir / "merged")
         result["merged"] = str(out_dir / "merged")
     else:
-        result.update(save_outputs(trainer, data.tokenizer, out_dir, ft.method, data.hf_config))
+        result.update(save_outputs(trainer, data.tokenizer, out_dir, ft.method, data.hf_config,
+                                   weights.portable_ref(cfg.student.model)))
     line = _ledger(run_dir, chunk, summary, data.stats)  # loading and saving included
     result.update(data=data.stats.__dict__ | {"packed_rows": len(data.rows) if data.packed else None},
                   method=ft.method, params=n_params, model=cfg.student.model, packing=data.packed, bf16=bf16,
@@ -232,6 +244,7 @@ def _train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_us
     lead = {"trained_tokens": result["trained_tokens"], "tokens_per_s": result["tokens_per_s"], "mfu": result["mfu"],
             "usd": line["usd"], "wall_s": line["wall_s"], "final_loss": result["final_loss"]}
     result = lead | result  # the pipeline's status line shows the first numbers
+    write_model_cards(cfg, out_dir, result)
     files.write_json(out_dir / "train_metrics.json", result)
     if not ft.keep_checkpoints:
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
@@ -252,6 +265,7 @@ def run_trainer(trainer, meter_cb, run_dir: Path, chunk: meter.StageMeter, stats
             _ledger(run_dir, chunk, meter_cb.summary(trainer.state, reduce=False), stats, interrupted=True)
         raise
     finally:
+        meter_cb.close_progress()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return resume
@@ -294,13 +308,32 @@ def _ledger(run_dir: Path, chunk: meter.StageMeter, s: dict, stats, interrupted:
     return row
 
 
-def save_outputs(trainer, tok, out_dir: Path, method: str, hf_cfg: dict) -> dict:
-    """adapter/ (LoRA) and merged/ (full weights in the base's dtype), each written whole then renamed."""
+def write_model_cards(cfg: Pipeline, out_dir: Path, metrics: dict) -> None:
+    """README.md model cards for merged/ (transformers) and adapter/ (peft), portable base model named."""
+    from replicate import cards, weights
+
+    base = weights.portable_ref(cfg.student.model)
+    note = ""
+    if cfg.student.model.startswith(weights.PACKAGED_PREFIX):
+        note = (f"\nThe base was `{cfg.student.model}`, this project's offline copy of `{base}` (a dequantized "
+                "GGUF): applied to the upstream weights the adapter is close, not identical.\n")
+    for folder, library in (("merged", "transformers"), ("adapter", "peft")):
+        if (out_dir / folder).is_dir():
+            files.write_atomic(out_dir / folder / "README.md", cards.model_card(
+                run_name=cfg.name, base_model=base, method=cfg.finetune.method, metrics=metrics, library=library,
+                body_extra=note))
+
+
+def save_outputs(trainer, tok, out_dir: Path, method: str, hf_cfg: dict, base_ref: str | None = None) -> dict:
+    """adapter/ (LoRA) and merged/ (full weights in the base's dtype), each written whole then renamed.
+    `base_ref`: the adapter's base_model_name_or_path (a portable reference, not this machine's cache path)."""
     import torch
 
     model = trainer.model
     paths = {}
     if method != "full":
+        for peft_cfg in getattr(model, "peft_config", {}).values():
+            peft_cfg.base_model_name_or_path = base_ref or peft_cfg.base_model_name_or_path
         files.replace_dir(out_dir / "adapter", lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
         paths["adapter"] = str(out_dir / "adapter")
         model = model.merge_and_unload()

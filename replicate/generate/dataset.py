@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from replicate import files
+from replicate import cards, files
 from replicate.errors import UserError
 
 LOG = "log.jsonl"
@@ -100,21 +100,12 @@ def write_dataset(data_dir: Path, rows: list[dict], fraction: float) -> tuple[in
 
 
 def write_card(data_dir: Path, stats: dict) -> None:
-    """README.md: provenance of the dataset. The YAML header lets `load_dataset(data_dir)` find
-    the two splits (and skip log.jsonl)."""
+    """README.md: provenance of the dataset, under the Hub's YAML front matter (cards.py), which lets
+    `load_dataset(data_dir)` find the two splits (and skip log.jsonl) under a config name of this run's own."""
     s = stats
     dropped = "\n".join(f"| {k} | {v} |" for k, v in sorted(s["dropped"].items())) or "| (none) | 0 |"
     sampling = ", ".join(f"{k}={v}" for k, v in s["sampling"].items())
-    text = f"""---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: train.jsonl
-  - split: held_out
-    path: held_out.jsonl
----
-# {s['name']}: generated instruction data
+    body = f"""# {s['name']}: generated instruction data
 
 Alpaca-format rows (`instruction`, `input`, `output`) written by the teacher with `replicate generate`.
 
@@ -143,8 +134,11 @@ Alpaca-format rows (`instruction`, `input`, `output`) written by the teacher wit
 {dropped}
 
 Every request is in `log.jsonl` (request id, RNG position, tokens, finish reason, kept rows).
-Load with `datasets.load_dataset("json", data_files={{"train": "train.jsonl", "held_out": "held_out.jsonl"}})`.
+Load with `datasets.load_dataset("runs/{s['name']}/data")` (the front matter's config name is unique per run
+and per content, so the datasets cache never hands back another run's rows) or
+`datasets.load_dataset("json", data_files={{"train": "train.jsonl", "held_out": "held_out.jsonl"}})`.
 """
+    text = cards.dataset_card(data_dir, s["name"], s["train_rows"] + s["held_out_rows"], s["teacher"], body)
     files.write_atomic(data_dir / "README.md", text)
 
 
@@ -156,29 +150,3 @@ def read_done(data_dir: Path) -> dict | None:
     path = data_dir / DONE
     return files.read_json(path, "") if path.exists() else None
 
-
-class Bar:
-    """Progress on stderr: kept rows of the target, output tokens/s, dollars so far (rich)."""
-
-    def __init__(self, enabled: bool, total: int, kept: int):
-        self.progress, self.total = None, total
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("rows kept"),
-            TextColumn("{task.fields[tps]:.0f} tok/s"), TextColumn("${task.fields[usd]:.4f}"),
-            TimeElapsedColumn(), console=Console(stderr=True),
-        )
-        self.task = self.progress.add_task("generate", total=total, completed=kept, tps=0.0, usd=0.0)
-        self.progress.start()
-
-    def update(self, kept: int, tokens_per_s: float, usd: float) -> None:
-        if self.progress:
-            self.progress.update(self.task, completed=min(kept, self.total), tps=tokens_per_s, usd=usd)
-
-    def close(self) -> None:
-        if self.progress:
-            self.progress.stop()

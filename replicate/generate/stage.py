@@ -14,6 +14,7 @@ left (requests that were in flight), then goes on. Files: see dataset.py.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from replicate.engines import Backend, Completion, Request, Sampling
 from replicate.errors import BudgetExceeded, UserError
 from replicate.generate import dataset
 from replicate.generate.modes import make_mode
+from replicate.progress import Progress
 
 GIVE_UP_AFTER = 32  # finished requests without one kept row: the teacher is not producing data
 
@@ -183,23 +185,27 @@ class _Run:
                        requests=0, parsed=0, kept=0, dropped={}, startup_s=0.0)
             own = teacher is None
             if own:
+                from replicate.cost.estimate import teacher_layout
                 from replicate.engines import open_engine
 
-                teacher = open_engine(t, max_in_flight=g.requests_per_batch)
+                # the estimate's layout (replicas x tensor parallel), so the run is what was priced
+                teacher = open_engine(t, max_in_flight=g.requests_per_batch,
+                                      layout=teacher_layout(t) if t.backend == "vllm" else None)
                 self.m.set(startup_s=round(self.m.wall_s, 3))
                 if not api:  # the engine has imported torch now, so CUDA devices can be named
                     self.m.device = meter.device_name()[0]
+                    self.m.usd_per_device_hour = _reprice(self.cfg, self.m.device)
             self.mode.chat = teacher.chat
             if getattr(teacher, "precision", None):  # a local engine: the dtype it computes in, and why
                 self.m.set(precision=teacher.precision.as_ledger())
             sampling = Sampling(max_tokens=g.max_tokens, temperature=g.temperature, top_p=g.top_p,
                                 stop=self.mode.stop, seed=g.seed, regex=self.mode.regex)
-            bar = dataset.Bar(progress, self.needed, len(self.tally.rows))
+            bar = Progress("generate", self.needed, len(self.tally.rows), "rows kept", enabled=progress)
             try:
                 for c in teacher.stream(self.feed, sampling):
                     self.record(c)
-                    bar.update(len(self.tally.rows), self.m.fields["output_tokens"] / self.m.wall_s,
-                               self.prior_usd + self.spent())
+                    bar.update(len(self.tally.rows), tokens_per_s=self.m.fields["output_tokens"] / self.m.wall_s,
+                               usd=self.prior_usd + self.spent())
             finally:
                 bar.close()
                 if own:
@@ -233,6 +239,18 @@ def _pricing(cfg: Pipeline):
         return 0.0, p, f"API ${p.input_usd_per_m}/M input, ${p.output_usd_per_m}/M output, {cfg.prices}"
     usd_h = catalog.usd_per_device_hour(t.hardware.gpu, cfg.prices, t.hardware.spot)
     return usd_h, None, f"${usd_h}/device-hour x {t.hardware.count} {t.hardware.gpu}, {cfg.prices}"
+
+
+def _reprice(cfg: Pipeline, device: str) -> float:
+    """Dollars per device-hour of the device the engine really runs on (a one-line warning when it
+    is not the YAML's teacher.hardware.gpu)."""
+    from replicate.cost import catalog
+
+    hw = cfg.teacher.hardware
+    _, usd_h, warning = catalog.priced_device(hw.gpu, device, cfg.prices, hw.spot)
+    if warning:
+        logging.getLogger("replicate").warning(f"generate: {warning}")
+    return usd_h
 
 
 def _finish(cfg, run_dir, tally, examples, run, price_note) -> dict:

@@ -59,6 +59,27 @@ def _sum_estimates(ests: list[dict]) -> dict:
     return total
 
 
+def null_notes(stages: list[dict], totals_: dict) -> list[str]:
+    """Why each empty cell of the cost table is empty, one line per reason (report.json `notes`)."""
+    notes = []
+    for s in stages:
+        name, e, m = s["stage"], s["estimate"], s["measured"]
+        if not e:
+            notes.append(f"{name}: no estimate recorded in the ledger (it ran before stage commands recorded "
+                         "their estimate, or the cost model could not price it: `replicate estimate` says why)")
+        elif e.get("tokens_per_s") is None and m:
+            notes.append(f"{name}: the estimate has no single tokens/s (evaluation sums the base's, the student's "
+                         "and the teacher's generation, each at its own speed)")
+        if not m:
+            notes.append(f"{name}: not measured yet (the stage has not run, or was stopped before its first "
+                         "ledger line)")
+        elif not m.get("wall_s"):
+            notes.append(f"{name}: no measured wall time, so no tokens/s")
+    if totals_["ratio"]["usd"] is None and any(s["measured"] for s in stages):
+        notes.append("total: no measured/estimated ratio, because not every measured stage has an estimate")
+    return notes
+
+
 def totals(stages: list[dict]) -> dict:
     def tot(side: str, k: str) -> float:
         return sum(s[side].get(k) or 0 for s in stages)
@@ -80,7 +101,9 @@ def build_report(run_dir: str | Path) -> dict:
     if not rows:
         raise UserError(f"{run_dir}: no ledger.jsonl yet (run `replicate run` first)")
     stages = stage_rows(rows)
-    rep = {"run_dir": str(run_dir), "name": run_dir.name, "stages": stages, "totals": totals(stages)}
+    tot = totals(stages)
+    rep = {"run_dir": str(run_dir), "name": run_dir.name, "stages": stages, "totals": tot,
+           "notes": null_notes(stages, tot)}
     rep["devices"] = sorted({r["device"] for r in meter.measured(rows) if r.get("device")})
     scores = read_scores(run_dir)
     if scores is not None:

@@ -6,36 +6,41 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from replicate.tables import console_table, hours, money
+from replicate.tables import console_table, hours, money, num, tokens
 
 
 def _console() -> Console:
-    return Console(width=max(Console().width, 110), highlight=False)
+    return Console(width=max(Console().width, 110), highlight=False, soft_wrap=True)
 
 
 def _stage_detail(s: dict) -> str:
     if s["device"] == "none":
         return s.get("note", "")
     if s["name"] == "finetune":
-        return (f"{s['method']}, {s['trained_tokens'] / 1e6:.2f}M tokens ({s['padded_tokens'] / 1e6:.2f}M padded), "
-                f"{s['tokens_per_s']:,.0f} tok/s, MFU {s['mfu']:.1%}, {s['memory_gb_per_device']:.0f} GB/device")
+        return (f"{s['method']}, {tokens(s['trained_tokens'])} tokens ({tokens(s['padded_tokens'])} padded), "
+                f"{num(s['tokens_per_s'])} tok/s, MFU {s['mfu']:.1%}, {num(s['memory_gb_per_device'], 2)} GB/device")
     if s["name"] == "generate":
-        text = f"{s['requests']:,.0f} requests, {s['prompt_tokens'] / 1e6:.2f}M in + {s['output_tokens'] / 1e6:.2f}M out"
+        text = (f"{s['requests']:,.0f} requests, {tokens(s['prompt_tokens'])} tokens in + "
+                f"{tokens(s['output_tokens'])} out")
         if s.get("tokens_per_s"):
-            text += f", {s['tokens_per_s']:,.0f} out tok/s ({s['decode_bound']}-bound)"
+            text += f", {num(s['tokens_per_s'])} out tok/s ({s['decode_bound']}-bound)"
+        if s.get("replicas"):
+            text += f", {s['replicas']} engine(s) x {s['tensor_parallel']} device(s) each"
         return text
     return f"{s['outputs']:,} prompts x 3 models" + (f", {s['judged_pairs']:,} judged pairs" if s.get("judged_pairs") else "")
 
 
 def print_estimate(est: dict) -> None:
     """The stage table, one line of detail per stage, the notes and the published comparison."""
-    body = [[s["name"], s["device"], f"{s['gpu_hours']:,.1f}", hours(s["wall_hours"]), money(s["usd"]),
-             f"{money(s['usd_low'])}-{money(s['usd_high'])}"] for s in est["stages"]]
+    body = [[s["name"], s["device"], num(s["gpu_hours"]), hours(s["wall_hours"]), money(s["usd"]),
+             f"{money(s['usd_low'])} to {money(s['usd_high'])}"] for s in est["stages"]]
     tot = est["total"]
-    body.append(["total", "", f"{tot['gpu_hours']:,.1f}", hours(tot["wall_hours"]), money(tot["usd"]),
-                 f"{money(tot['usd_low'])}-{money(tot['usd_high'])}"])
+    body.append(["total", "", num(tot["gpu_hours"]), hours(tot["wall_hours"]), money(tot["usd"]),
+                 f"{money(tot['usd_low'])} to {money(tot['usd_high'])}"])
     title = f"{est['name']}: estimated cost at {est['prices']} prices" + (" (calibrated)" if est["calibrated"] else "")
-    console_table(title, ["stage", "device", "GPU-h", "wall", "cost", "low-high"], body, bold_rows=[len(body) - 1])
+    # device-hours: a GPU's or, for `gpu: cpu`, a whole CPU's hours (the ledger's word too)
+    console_table(title, ["stage", "device", "device-hours", "wall", "cost", "range"], body,
+                  bold_rows=[len(body) - 1])
     console = _console()
     for s in est["stages"]:
         console.print(f"{s['name']}: {_stage_detail(s)}", markup=False)
@@ -50,7 +55,10 @@ def print_estimate(est: dict) -> None:
                          f"x{ft['wall_hours'] / pub['wall_hours']:.2f})")
         if pub.get("usd"):
             parts.append(f"total {money(pub['usd'])} (predicted {money(tot['usd'])})")
-        console.print(f"published: {'; '.join(parts) or 'no figures'} [{pub['source']}]", markup=False)
+        console.print(f"published: {'; '.join(parts) or 'no figures'}", markup=False)
+        console.print(f"  source: {pub['source']}", markup=False)
+        if pub.get("notes"):
+            console.print(f"  notes: {pub['notes']}", markup=False)
 
 
 def print_plan(result: dict) -> None:

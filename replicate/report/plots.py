@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 
 from replicate.report.copy_curve import families_in
+from replicate.tables import duration, money, num
 
 STAGE_COLORS = {"generate": "#4c72b0", "finetune": "#dd8452", "evaluate": "#55a868"}
 FAMILY_COLORS = {"style": "#c44e52", "fidelity": "#4c72b0", "capability": "#55a868"}
@@ -19,27 +20,35 @@ def _png(fig) -> bytes:
 
 
 def cost_breakdown(rep: dict) -> bytes:
-    """Measured dollars and device-hours per stage, side by side."""
+    """Measured dollars and device-hours per stage, side by side (each bar in its stage's colour,
+    named on the axis: no legend to mismatch)."""
     import matplotlib.pyplot as plt
 
     stages = [s for s in rep["stages"] if s["measured"]]
     fig, axes = plt.subplots(1, 2, figsize=(9, 2.8), sharey=True)
-    for ax, key, label in ((axes[0], "usd", "measured $"), (axes[1], "device_hours", "measured device-hours")):
+    for ax, key, label, fmt in ((axes[0], "usd", "measured cost (USD)", money),
+                                (axes[1], "device_hours", "measured device-hours", num)):
         names = [s["stage"] for s in stages]
         vals = [s["measured"].get(key) or 0 for s in stages]
         ax.barh(names, vals, color=[STAGE_COLORS.get(n, "grey") for n in names])
         total = sum(vals) or 1
         for i, v in enumerate(vals):
-            ax.text(v, i, f" {v:.3g} ({100 * v / total:.0f}%)", va="center", fontsize=9)
+            ax.text(v, i, f" {fmt(v)} ({100 * v / total:.0f}%)", va="center", fontsize=9)
         ax.set_xlabel(label)
-        ax.set_xlim(0, max(vals + [1e-9]) * 1.45)
+        ax.set_xlim(0, max(vals + [1e-9]) * 1.6)
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _p, f=fmt: f(x)))
+        ax.tick_params(axis="x", labelsize=8)
     axes[0].invert_yaxis()  # shared y: inverting once puts generate on top in both
     fig.suptitle("Cost breakdown by stage")
     return _png(fig)
 
 
+ESTIMATE_COLOR, MEASURED_COLOR = "#bbbbbb", "#4c72b0"
+
+
 def estimate_vs_measured(rep: dict) -> bytes:
-    """Grouped bars per stage: estimated vs measured wall seconds and dollars, ratio on top."""
+    """Grouped bars per stage: estimated (grey) vs measured (blue) wall time and dollars, the
+    ratio measured / estimate on top. One colour per series, so the legend matches every bar."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -47,20 +56,23 @@ def estimate_vs_measured(rep: dict) -> bytes:
     names = [s["stage"] for s in stages]
     x = np.arange(len(names))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-    for ax, key, label in ((axes[0], "wall_s", "wall seconds"), (axes[1], "usd", "dollars")):
+    for ax, key, label, fmt in ((axes[0], "wall_s", "wall time", duration), (axes[1], "usd", "cost (USD)", money)):
         est = [s["estimate"].get(key) or 0 for s in stages]
         mea = [s["measured"].get(key) or 0 for s in stages]
-        ax.bar(x - 0.2, est, 0.4, label="estimate", color="#bbbbbb")
-        ax.bar(x + 0.2, mea, 0.4, label="measured", color=[STAGE_COLORS.get(n, "grey") for n in names])
+        ax.bar(x - 0.2, est, 0.4, label="estimate", color=ESTIMATE_COLOR)
+        ax.bar(x + 0.2, mea, 0.4, label="measured", color=MEASURED_COLOR)
         for i, s in enumerate(stages):
             r = s["ratio"].get(key)
-            if r:
-                ax.text(i, max(est[i], mea[i]), f"{r:.2f}x", ha="center", va="bottom", fontsize=9)
+            ax.text(i, max(est[i], mea[i]), f"{r:.2f}x" if r else "no estimate" if not s["estimate"] else "",
+                    ha="center", va="bottom", fontsize=9)
         ax.set_xticks(x, names)
         ax.set_ylabel(label)
         ax.set_ylim(0, max(est + mea + [1e-9]) * 1.25)
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _p, f=fmt: f(v)))
+        ax.tick_params(axis="y", labelsize=8)
         ax.legend(fontsize=8)
     fig.suptitle("Estimate vs measured (label: measured / estimate)")
+    fig.tight_layout()
     return _png(fig)
 
 

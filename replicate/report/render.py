@@ -10,26 +10,31 @@ from replicate.tables import duration, html_table, markdown, money, num
 
 
 def _cell(est, meas, ratio, show=num) -> str:
-    """`estimated / measured (ratio x)`."""
+    """`estimated / measured (ratio x)`; a missing side is `-` (the notes under the table say why)."""
     r = f" ({ratio:.2f}x)" if ratio else ""
     return f"{show(est)} / {show(meas)}{r}"
 
 
+WORK_LABEL = {"output_tokens": "output tokens/s", "trained_tokens": "trained tokens/s"}
+
+
 def stage_table(rep: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["stage", "device", "device-hours", "wall", "dollars", "work tokens/s", "measured chunks"]
+    head = ["stage", "device", "device-hours", "wall time", "cost (USD)", "work rate (tokens/s)", "measured chunks"]
     body = []
     for s in rep["stages"]:
         e, m, r = s["estimate"], s["measured"], s["ratio"]
         body.append([s["stage"], m.get("device") or e.get("device") or "-",
                      _cell(e.get("device_hours"), m.get("device_hours"), r.get("device_hours")),
                      _cell(e.get("wall_s"), m.get("wall_s"), r.get("wall_s"), duration),
-                     _cell(e.get("usd"), m.get("usd"), r.get("usd")),
-                     _cell(e.get("tokens_per_s"), m.get("tokens_per_s"), r.get("tokens_per_s")) + f" ({s['work']})",
+                     _cell(e.get("usd"), m.get("usd"), r.get("usd"), money),
+                     _cell(e.get("tokens_per_s"), m.get("tokens_per_s"), r.get("tokens_per_s"))
+                     + f" {WORK_LABEL.get(s['work'], s['work'])}",
                      str(m.get("chunks", 0))])
     t = rep["totals"]
     e, m, r = t["estimate"], t["measured"], t["ratio"]
     body.append(["**total**", "", _cell(e["device_hours"], m["device_hours"], r["device_hours"]),
-                 _cell(e["wall_s"], m["wall_s"], r["wall_s"], duration), _cell(e["usd"], m["usd"], r["usd"]), "", ""])
+                 _cell(e["wall_s"], m["wall_s"], r["wall_s"], duration),
+                 _cell(e["usd"], m["usd"], r["usd"], money), "", ""])
     return head, body
 
 
@@ -37,25 +42,38 @@ def headline(rep: dict) -> str:
     """One sentence: what it cost against the estimate, and how much was copied."""
     t = rep["totals"]
     m, e, r = t["measured"], t["estimate"], t["ratio"]
+    estimated = [s["stage"] for s in rep["stages"] if s["estimate"]]
     text = (f"Measured {money(m['usd'])} for {num(m['device_hours'])} device-hours ({duration(m['wall_s'])} of "
-            f"metered wall time); the estimate was {money(e['usd'])}"
-            + (f" (measured / estimated = {r['usd']:.2f})." if r["usd"] else "."))
+            "metered wall time); ")
+    if not estimated:
+        text += "no stage has an estimate in the ledger."
+    else:
+        some = "" if len(estimated) == len(rep["stages"]) else f" (for {', '.join(estimated)} only)"
+        text += f"the estimate was {money(e['usd'])}{some}" + (
+            f" (measured / estimated = {r['usd']:.2f})." if r["usd"] else ".")
     ev = rep.get("evaluation")
-    if ev and ev["families"]:
+    if ev and ev.get("families"):
         fams = ", ".join(f"{k} {v['gap_closed']:.2f}" for k, v in ev["families"].items() if v["gap_closed"] is not None)
-        text += f" Gap closed: {fams}"
+        text += f" Gap closed: {fams}" if fams else " Gap closed: undefined for every family (see the evaluation)"
         if ev.get("illusion_gap") is not None:
             text += f"; illusion gap {ev['illusion_gap']:.2f}"
         text += "."
     return text
 
 
+UNITS = ("Each cell: estimated / measured (ratio = measured / estimated). device-hours: hours of one device "
+         "(a GPU, or for `gpu: cpu` the whole CPU) times devices; cost at the run's price table; work rate: "
+         "output tokens/s for generate and evaluate, trained tokens/s for finetune.")
+
+
 def render_md(rep: dict) -> str:
     out = [f"# Replication report: {rep['name']}", ""]
     out.append(f"Run directory `{rep['run_dir']}`; measured on {', '.join(rep['devices']) or 'nothing yet'}.")
     out += ["", headline(rep)]
-    out += ["", "## Cost: estimated vs measured", "", "Each cell: estimated / measured (ratio = measured / estimated).", ""]
+    out += ["", "## Cost: estimated vs measured", "", UNITS, ""]
     out.append(markdown(*stage_table(rep)))
+    if rep.get("notes"):
+        out += ["", "Empty cells (`-`):", ""] + [f"- {n}" for n in rep["notes"]]
     if rep.get("evaluation"):
         out += ["", eval_md(rep["evaluation"])]
     if rep.get("sweep"):
@@ -66,7 +84,7 @@ def render_md(rep: dict) -> str:
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;
 text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%;
-display:block;margin:1em 0}p.note{color:#555}"""
+display:block;margin:1em 0}.note{color:#555}"""
 
 
 def render_html(rep: dict, pngs: dict[str, bytes]) -> str:
@@ -83,8 +101,12 @@ def render_html(rep: dict, pngs: dict[str, bytes]) -> str:
              (f"<p class=note>Run directory <code>{html.escape(rep['run_dir'])}</code>; measured on "
               f"{html.escape(', '.join(rep['devices']) or 'nothing yet')}.</p>"),
              f"<p><b>{html.escape(headline(rep))}</b></p>",
-             "<h2>Cost: estimated vs measured</h2><p class=note>Each cell: estimated / measured (ratio = measured / estimated).</p>",
-             html_table(*stage_table(rep)), img("cost_breakdown"), img("estimate_vs_measured")]
+             f"<h2>Cost: estimated vs measured</h2><p class=note>{html.escape(UNITS)}</p>",
+             html_table(*stage_table(rep))]
+    if rep.get("notes"):
+        parts.append("<p class=note>Empty cells (-):</p><ul class=note>"
+                     + "".join(f"<li>{html.escape(n)}</li>" for n in rep["notes"]) + "</ul>")
+    parts += [img("cost_breakdown"), img("estimate_vs_measured")]
     if rep.get("evaluation"):
         parts.append(eval_html(rep["evaluation"]))
     if rep.get("sweep"):
