@@ -96,6 +96,7 @@ class Replicas(Backend):
         self.engines = engines
         self.chat = engines[0].chat
         self.tokenizer = getattr(engines[0], "tokenizer", None)
+        self.precision = getattr(engines[0], "precision", None)  # every replica decides alike
         self.max_in_flight = sum(e.max_in_flight for e in engines)
 
     @property
