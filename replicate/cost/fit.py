@@ -24,7 +24,7 @@ from replicate.cost.params import DEFAULTS
 from replicate.cost.training import TrainJob, finetune_time
 
 GRID: dict[str, tuple[float, ...]] = {
-    "train_mfu": (0.5, 0.55, 0.6, 0.65, 0.7),
+    "train_mfu": (0.45, 0.5, 0.55, 0.6, 0.65),
     "shard_layer_overhead_s": (0.0, 0.001, 0.002, 0.004, 0.008),
     "cpu_adam_params_per_s": (1.5e8, 2e8, 2.5e8, 3e8, 4e8, 6e8),
     "layer_overhead_2023_s": (0.004, 0.006, 0.008, 0.01, 0.012, 0.016),
