@@ -5,12 +5,16 @@
     .venv/bin/python benchmarks/costmodel_gpu_check.py --compare OUT_DIR/gpu_check.json   # here
 
 Measures full fine-tuning step throughput (fp32 master weights + bf16 autocast, fused AdamW, sdpa,
-no gradient checkpointing: the recipe of /work/shared/reference/gpu-baseline.md) on random-init
-models with published shapes, sweeping the tokens per device per micro-step (T = batch x 256) and
-the model width, plus one padded batch (lengths 64..256 padded to 256 with an attention mask)
-against the same real tokens unpadded. `--compare` prints measured vs predicted (cost_finetune)
-side by side: the curve train_mfu x T/(T + tokens_half) x d/(d + d_model_half) was fitted to
-published runs, so this is an independent check of its shape.
+no gradient checkpointing: a plain PyTorch loop, the 2025 stack of cost/params.py SOFTWARE) on
+random-init models with published shapes, sweeping the tokens per device per micro-step
+(T = batch x 256) and the model width, plus one padded batch (lengths 64..256 padded to 256 with an
+attention mask) against the same real tokens unpadded. `--compare` prints measured vs predicted
+(training.finetune_time with software=2025) side by side. What it checks (docs/cost-model.md, "The
+mechanisms behind the efficiency"): the GEMM waves of 128x128 tiles per SM (cost/layer.py gemm_s:
+efficiency from tokens per micro-step AND width), the elementwise bytes per token, the host floor
+per layer (layer_overhead_s) that small micro-batches wait on, and the memory model's peak. The
+fitted train_mfu is constrained to keep every point within 1.5x (cost/fit.py), so the sweeps are
+a check of the curve's shape, not what sets it.
 """
 from __future__ import annotations
 
@@ -117,7 +121,8 @@ def compare(path: str) -> None:
                   f"fits {dev.key}: {fits(dev, need)}")
             continue
         job = TrainJob(method="full", examples=r["batch"] * 100, epochs=1, tokens_per_example=r["seq"],
-                       max_length=r["seq"], padding="max_length", length_sigma=0.0, micro_batch=r["batch"])
+                       max_length=r["seq"], padding="max_length", length_sigma=0.0, micro_batch=r["batch"],
+                       software=2025)  # torch eager, unfused, sdpa: the 2025 stack
         t = finetune_time(shape, dev, 1, job, dict(DEFAULTS))
         predicted = t.padded_tokens / t.steps_s
         measured = r["tokens_per_s"]

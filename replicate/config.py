@@ -106,6 +106,10 @@ class Data(Strict):
     generated_tokens_per_example: PositiveFloat | None = None
     """Output tokens the teacher writes per candidate (cost model). None = completion_tokens for
     respond; prompt_tokens + completion_tokens for self-instruct (it writes the instruction too)."""
+    split_long: bool = False
+    """Rows longer than finetune.max_length were cut into max_length pieces before training, each
+    piece a sequence of its own (cost model; FastChat's split_long_conversation did this to
+    ShareGPT). False = finetune.too_long decides (truncate or drop)."""
 
 
 class Student(Strict):
@@ -146,8 +150,24 @@ class Finetune(Strict):
     did not prefetch the next layer's weights, DeepSpeed did (docs/cost-model.md, "Sharding")."""
     cpu_offload: bool = False
     """Offload optimizer state to the host (ZeRO-offload)."""
+    overlap_comm: bool = True
+    """DeepSpeed's `overlap_comm` (cost model): false runs ZeRO-3's all-gathers and
+    reduce-scatters on the compute stream, so none hides under compute (LLaMA-Factory's
+    ds_z3_offload_config.json sets it false)."""
     paged_optimizer: bool = False
     """Paged AdamW (bitsandbytes): optimizer state pages to host memory under pressure (QLoRA)."""
+    quantization: Literal["nf4", "int8"] = "nf4"
+    """Format of a `qlora` run's frozen base (cost model): nf4 = bitsandbytes 4-bit NormalFloat
+    (QLoRA), int8 = LLM.int8 (`load_in_8bit`, as Alpaca-LoRA and Platypus ran). The finetune
+    stage itself always loads nf4."""
+    eval_steps: PositiveInt | None = None
+    """Optimizer steps between evaluations during training (cost model: a published recipe's HF
+    Trainer `evaluation_strategy=steps`); None = no evaluation. The finetune stage does not
+    evaluate during training."""
+    eval_examples: int = Field(0, ge=0)
+    """Rows each of those evaluations runs forward (cost model)."""
+    eval_tokens: PositiveFloat | None = None
+    """Mean tokens of an evaluated row (cost model); None = the training rows' mean."""
     software: int | None = Field(None, ge=2023, le=2030)
     """Year of the training stack the cost model assumes (FSDP prefetch, fused kernels); None =
     2026, today's stack (docs/cost-model.md, "Software")."""

@@ -35,7 +35,9 @@ def _table(name: str) -> dict:
     path = budgets_dir() / name
     if not path.is_file():
         raise UserError(f"{path}: missing budget table (set REPLICATE_BUDGETS to the budgets/ folder)")
-    data = yaml.safe_load(path.read_text())
+    # libyaml's C parser when PyYAML has it (10x faster: `plan` and `estimate` answer in well under
+    # a second); the same safe subset of YAML either way.
+    data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping")
     return data

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from replicate.config import Pipeline
 from replicate.cost import catalog
 from replicate.cost.generation import NoFitInference, api_wall_s, generation_layout, selfhosted_time
-from replicate.cost.params import DEFAULTS, at_key, check_calibration, params_for, stack, usd_range
+from replicate.cost.params import DEFAULTS, RECIPES, at_key, check_calibration, params_for, stack, usd_range
 from replicate.cost.training import NoFit, TrainJob, finetune_time
 from replicate.cost.workload import ALPACA, Workload, workload
 from replicate.errors import UserError
@@ -149,22 +149,17 @@ def generate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> S
     return st
 
 
-# `--software YEAR`: the same copy with that year's typical recipe, not only its stack. 2023 = HF
-# Trainer with eager attention and batches padded to their longest row; 2026 = FlashAttention/sdpa,
-# packing and compiled (fused) kernels. Each is an assumption stated in the estimate's notes.
-RECIPES = {2023: {"attention": "eager", "packing": False, "fused": False},
-           2026: {"attention": "flash", "packing": True, "fused": True}}
-
-
 def train_job(cfg: Pipeline, w: Workload, software: int | None = None) -> TrainJob:
     f = cfg.finetune
     job = TrainJob(method=f.method, examples=w.trained, tokens_per_example=w.tokens_per_example, epochs=f.epochs,
                    max_length=f.max_length, packing=f.packing, padding=f.padding, length_sigma=cfg.data.length_sigma,
-                   micro_batch=f.batch_size, grad_accum=f.gradient_accumulation, recompute=f.gradient_checkpointing,
-                   zero_stage=f.zero_stage, offload=f.cpu_offload, save_steps=f.save_steps, lora_r=f.lora_r,
-                   lora_targets=tuple(f.lora_targets), paged=f.paged_optimizer, sharding=f.sharding,
+                   too_long=f.too_long, split_long=cfg.data.split_long, micro_batch=f.batch_size,
+                   grad_accum=f.gradient_accumulation, recompute=f.gradient_checkpointing, zero_stage=f.zero_stage,
+                   offload=f.cpu_offload, save_steps=f.save_steps, lora_r=f.lora_r, lora_targets=tuple(f.lora_targets),
+                   paged=f.paged_optimizer, quantization=f.quantization, sharding=f.sharding, overlap_comm=f.overlap_comm,
                    software=f.software or 2026, attention="eager" if f.attn_implementation == "eager" else "flash",
-                   fused=True if f.compile else None)
+                   fused=True if f.compile else None, eval_steps=f.eval_steps or 0, eval_examples=f.eval_examples,
+                   eval_tokens=f.eval_tokens or 0)
     if software is not None:
         recipe = RECIPES[min(RECIPES, key=lambda y: abs(y - software))]
         job = replace(job, software=software, **recipe)
@@ -201,7 +196,7 @@ def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None, soft
         "mfu": per_token * shape.params * t.real_tokens / peak_s, "hardware_utilization": t.flops / peak_s,
         "micro_steps": t.micro_steps, "optimizer_steps": t.optimizer_steps, "seq_len": t.seq_len,
         "matmul_efficiency": t.matmul_efficiency, "memory_gb_per_device": t.memory_gb,
-        "startup_s": t.startup_s, "checkpoint_s": t.checkpoint_s, "step_parts_s": t.step_parts_s,
+        "startup_s": t.startup_s, "checkpoint_s": t.checkpoint_s, "eval_s": t.eval_s, "step_parts_s": t.step_parts_s,
         "adjusted": t.adjusted, "calibrated": calibrated, "software": job.software, **dtype,
         "recipe": {"attention": job.attention, "packing": job.packing, "fused_kernels": bool(job.fused),
                    "micro_batch": t.setup.micro_batch, "zero_stage": t.setup.zero_stage, "offload": t.setup.offload,

@@ -3,9 +3,9 @@
     python -m replicate.cost.fit      # the grid optimum (what params.DEFAULTS hold) and the LOO table
 
 The fitted constants (FIT) are the ones no datasheet gives: the tile efficiency of a full GEMM
-wave (train_mfu), the un-hidden per-layer cost of ZeRO-3/FSDP hooks (shard_layer_overhead_s), the
-host Adam rate of DeepSpeed offload (cpu_adam_params_per_s) and the unfused elementwise traffic
-per token of the 2023 stack (elementwise_2023_scale). Everything else is physics or a datasheet. The fit is a grid
+wave (train_mfu), the per-layer host work a non-prefetching FSDP waits on (shard_layer_overhead_s),
+the host Adam rate of DeepSpeed offload (cpu_adam_params_per_s) and the 2023 stacks' per-layer
+host floor (layer_overhead_2023_s). Everything else is physics, a datasheet or a measurement. The fit is a grid
 search minimising the sum of squared log ratios of predicted / published fine-tuning wall-clock
 over every published run that reports one; leave-one-out repeats it once per run without that run.
 The grid is small enough that every (point, run) prediction is computed once and each LOO fit is a
@@ -25,9 +25,9 @@ from replicate.cost.training import TrainJob, finetune_time
 
 GRID: dict[str, tuple[float, ...]] = {
     "train_mfu": (0.45, 0.5, 0.55, 0.6, 0.65),
-    "shard_layer_overhead_s": (0.0, 0.005, 0.01, 0.02, 0.04),
-    "cpu_adam_params_per_s": (1e8, 2e8, 3e8, 5e8, 1e9),
-    "elementwise_2023_scale": (1, 2, 4, 6, 8),
+    "shard_layer_overhead_s": (0.0, 0.001, 0.002, 0.004, 0.008),
+    "cpu_adam_params_per_s": (1.5e8, 2e8, 2.5e8, 3e8, 4e8, 6e8),
+    "layer_overhead_2023_s": (0.004, 0.006, 0.008, 0.01, 0.012, 0.016),
 }
 FIT = tuple(GRID)
 

@@ -12,7 +12,8 @@ Training, per device:
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from replicate.cost.catalog import Device, ModelShape
 
@@ -20,8 +21,10 @@ FRAMEWORK_OVERHEAD_BYTES = 1.5e9  # CUDA context + cuBLAS/NCCL workspaces [R] (P
 USABLE_FRACTION = 0.95  # allocator fragmentation headroom
 # Mixed-precision AdamW, bytes per trainable parameter (Transformer Math 101, [R]; 16-20 B/param):
 WEIGHT_BYTES, GRAD_BYTES, OPTIMIZER_BYTES = 2, 2, 12  # bf16 weight, bf16 grad, fp32 master + m + v
-# Frozen base weights of LoRA / QLoRA: bf16 = 2 B/param; NF4 = 0.5 B + ~6 % quantisation constants.
-FROZEN_BYTES = {"lora": 2.0, "qlora": 0.53}
+# Frozen base weights of LoRA / QLoRA: bf16 = 2 B/param; NF4 = 0.5 B + ~6 % quantisation constants
+# (blocks of 64 with double-quantised fp8 scales, QLoRA paper §3: 0.127 bits more per parameter);
+# int8 (LLM.int8, load_in_8bit) = 1 B + an fp32 scale per output row (SCB: negligible).
+FROZEN_BYTES = {"": 2.0, "nf4": 0.53, "int8": 1.0}
 # Per vocab entry per token: bf16 logits 2 + the fp32 copy the loss takes 4 + fp32 log-softmax kept
 # for backward 4 + its fp32 gradient 4 + the bf16 gradient 2. Was 8 until the H100/H200 micro-batch
 # sweeps (tests/data/costmodel_gpu_check_*.json): Qwen2.5-0.5B's peak grows 3.42 MB per token, the
@@ -43,6 +46,7 @@ class TrainSetup:
     lora_r: int = 8
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # adapted modules of every layer
     paged: bool = False  # paged optimizer: its state may live in host memory (bitsandbytes paged AdamW)
+    quant: str = ""  # qlora frozen base format: nf4 (the default, "") or int8 (LLM.int8); ignored otherwise
 
 
 # LoRA target module -> (input width, output width) in terms of the shape. Llama/Qwen/Mistral names,
@@ -66,11 +70,12 @@ _MODULE_DIMS = {
 ALL_LINEAR = ("all", "all-linear", "all_linear")
 
 
-def layer_linears(shape: ModelShape) -> list[tuple[str, int, int]]:
+@functools.lru_cache(maxsize=1024)
+def layer_linears(shape: ModelShape) -> tuple[tuple[str, int, int], ...]:
     """The linear layers of one decoder layer: (name, d_in, d_out). Gated MLPs have three."""
     mods = ["q_proj", "k_proj", "v_proj", "o_proj"]
     mods += ["gate_proj", "up_proj", "down_proj"] if shape.mlp == "gated" else ["up_proj", "down_proj"]
-    return [(m, *_MODULE_DIMS[m](shape)) for m in mods]
+    return tuple((m, *_MODULE_DIMS[m](shape)) for m in mods)
 
 
 @functools.lru_cache(maxsize=4096)  # targets: a tuple (hashable) or an int
@@ -116,7 +121,7 @@ def training_breakdown(shape: ModelShape, s: TrainSetup) -> dict[str, float]:
             if s.zero_stage >= 3:
                 weights = WEIGHT_BYTES * n / shape.layers * 2  # two gathered layers in flight
     else:  # LoRA / QLoRA: a frozen base (sharded under FSDP/ZeRO-3: its shard + two gathered layers)
-        frozen = FROZEN_BYTES[s.method] * n
+        frozen = FROZEN_BYTES[(s.quant or "nf4") if s.method == "qlora" else ""] * n
         weights = frozen / shards + 2 * frozen / shape.layers if sharded else frozen
         adapter = lora_params(shape, s.lora_r, s.lora_targets)
         grads = GRAD_BYTES * adapter
@@ -142,14 +147,14 @@ def fits(device: Device, need_bytes: float) -> bool:
     return need_bytes <= device.memory_bytes * USABLE_FRACTION
 
 
-def setup_variants(s: TrainSetup) -> list[tuple[TrainSetup, list[str]]]:
-    """Every setup the feasibility search may try instead of `s`, with what changed.
+def setup_variants(s: TrainSetup) -> Iterator[tuple[TrainSetup, list[str]]]:
+    """Every setup the feasibility search may try instead of `s`, with what changed (lazily: the
+    search stops at the first micro-batch size where something fits).
 
     The knobs that cost memory but not (much) speed come first in the product: gradient
     checkpointing, ZeRO-3/FSDP sharding (several devices; full fine-tuning or a sharded LoRA base),
     a paged optimizer (LoRA/QLoRA), optimizer (and parameter) offload (full), and only then smaller
     micro-batches. The caller times each one that fits and keeps the fastest (training.py)."""
-    out = []
     recomputes = [s.recompute] if s.recompute else [False, True]
     zeros = [s.zero_stage] + ([3] if s.devices > 1 and s.zero_stage < 3 else [])
     offloads = [s.offload] + ([True] if s.method == "full" and not s.offload else [])
@@ -166,7 +171,8 @@ def setup_variants(s: TrainSetup) -> list[tuple[TrainSetup, list[str]]]:
                 for off in offloads:
                     for pg in pageds:
                         zz = max(z, 2 if s.devices == 1 else 3) if off and not s.offload else z
-                        v = replace(s, micro_batch=mb, recompute=rc, zero_stage=zz, offload=off, paged=pg)
+                        v = TrainSetup(s.method, mb, s.seq_len, rc, zz, off, s.devices, s.lora_r, s.lora_targets, pg,
+                                       s.quant)
                         notes = []
                         if rc != s.recompute:
                             notes.append("gradient checkpointing on")
@@ -179,8 +185,7 @@ def setup_variants(s: TrainSetup) -> list[tuple[TrainSetup, list[str]]]:
                         if mb != s.micro_batch:
                             notes.append(f"micro-batch {s.micro_batch} -> {mb}")
                         if notes:
-                            out.append((v, notes))
-    return out
+                            yield v, notes
 
 
 def inference_weight_bytes(shape: ModelShape, bytes_per_param: float = 2.0) -> float:

@@ -26,6 +26,7 @@ range narrows from 1.5x to 1.25x. docs/cost-model.md ("Calibration").
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 from replicate import files
@@ -34,20 +35,24 @@ from replicate.errors import UserError
 
 DEFAULTS: dict[str, float] = {
     # --- fine-tuning (training.py); the fitted ones (FIT below) by cost/fit.py, see docs
-    "train_mfu": 0.6,  # fitted: fraction of an SM's peak a full 128x128 tile wave reaches (8192^3 on H200: 0.77)
+    "train_mfu": 0.5,  # fitted: fraction of an SM's peak a full 128x128 tile wave reaches (8192^3 on H200: 0.77)
     "hbm_efficiency": 0.8,  # achieved fraction of memory bandwidth for streaming kernels
     "elementwise_bytes_d": 400,  # bytes per token per layer x d_model: norms, rotary, residuals (fwd + bwd, unfused)
-    "elementwise_2023_scale": 6,  # fitted: the 2023 stack's elementwise traffic / the hand count above
     "elementwise_bytes_ff": 30,  # bytes per token per layer x d_ff: SiLU x up and its backward (unfused)
     "loss_bytes_per_logit": 30,  # bf16 logits, fp32 upcast, log-softmax and their gradients (unfused)
     "tokens_half": 0,  # CPU only (hardware.yaml cpu.defaults): smooth small-matmul penalty; GPUs use SM waves
     "d_model_half": 0,  # CPU only, likewise
     "layer_overhead_s": 0.004,  # per layer per micro-step: kernel launches, hooks (hidden by long kernels)
-    "shard_layer_overhead_s": 0.0,  # fitted to 0: un-hidden per-layer ZeRO-3/FSDP cost beyond the collectives
+    "layer_overhead_2023_s": 0.008,  # fitted: the same host floor for the 2023 stacks (older torch, HF, FSDP hooks)
+    "shard_layer_overhead_s": 0.0,  # fitted: per layer per gather, the host work a non-prefetching FSDP waits on
+    "nf4_dequant_bytes": 2.53,  # per weight per pass: read 0.5 B + 0.03 B of scales, write 2 B of bf16
+    "int8_bwd_bytes": 7.0,  # per weight per backward: LLM.int8 CB.to(fp16) * SCB/127 (1 + 2 + 2 + 2 B)
+    "dequant_call_s": 0.00027,  # host time of one bitsandbytes dequantise-then-matmul call (LitGPT, A100, 2023-10)
+    "int8_call_s": 0.00054,  # host time of one LLM.int8 linear forward (bitsandbytes #347, RTX 3090, 2023-04)
     "comm_efficiency": 0.7,  # achieved fraction of link bandwidth in NCCL collectives
     "allreduce_overlap": 0.5,  # share of the DDP all-reduce hidden behind the backward
     "offload_efficiency": 0.5,  # achieved fraction of PCIe bandwidth for offload transfers
-    "cpu_adam_params_per_s": 3e8,  # fitted: host Adam updates per second per node (DeepSpeed CPU-Adam, offload)
+    "cpu_adam_params_per_s": 2.5e8,  # fitted: host Adam updates per second per node (DeepSpeed CPU-Adam, offload)
     "checkpoint_gb_per_s": 1.0,  # checkpoint write bandwidth
     "load_gb_per_s": 1.0,  # reading weights at start-up
     "finetune_startup_s": 120,  # process launch, CUDA/NCCL init, tokenizing, wrapping
@@ -69,23 +74,24 @@ DEFAULTS: dict[str, float] = {
 #                  backward/forward prefetch; HF Trainer's 2023 FSDP integration left it off, so
 #                  every gather waited). DeepSpeed ZeRO-3 prefetched in every year (overlap_comm).
 #   elementwise    the stack's elementwise memory traffic, in units of the hand count
-#                  (elementwise_bytes_d/ff, loss_bytes_per_logit): 2023 = elementwise_2023_scale
-#                  (fitted to the 2023 runs: HF's first LLaMA/GPT-J code upcast norms and
-#                  rotary to fp32 and ran every op as its own kernel), 2025 = 1 (what the H100/H200
-#                  sweeps measure with torch 2.11 eager), 2026 = 1/3 (fused: torch.compile, Liger).
+#                  (elementwise_bytes_d/ff, loss_bytes_per_logit): 2023 and 2025 = 1 (HF's eager
+#                  modelling code, fp32 norm upcasts included, what the H100/H200 sweeps measure
+#                  with torch 2.11 eager), 2026 = 1/3 (fused: torch.compile, Liger).
+#   cpu_floor      the host's per-layer time to issue a micro-step: "measured" = layer_overhead_s
+#                  (torch 2.11 on an H200 host), "2023" = layer_overhead_2023_s (fitted: torch
+#                  1.13/2.0 dispatch, HF's 2023 code and FSDP/ZeRO hooks on 2023 hosts).
 # `--software 2023|2026` also switches the recipe the year's practitioner used (cost/estimate.py):
 # 2023 = eager attention and no packing; 2026 = FlashAttention/sdpa, packing, compile.
 SOFTWARE: dict[int, dict] = {
-    2023: {"fsdp_prefetch": False, "fused_kernels": False, "elementwise": "elementwise_2023_scale"},
-    2025: {"fsdp_prefetch": True, "fused_kernels": False, "elementwise": 1.0},
-    2026: {"fsdp_prefetch": True, "fused_kernels": True, "elementwise": 1 / 3},
+    2023: {"fsdp_prefetch": False, "fused_kernels": False, "elementwise": 1.0, "cpu_floor": "2023"},
+    2025: {"fsdp_prefetch": True, "fused_kernels": False, "elementwise": 1.0, "cpu_floor": "measured"},
+    2026: {"fsdp_prefetch": True, "fused_kernels": True, "elementwise": 1 / 3, "cpu_floor": "measured"},
 }
 
 
-def elementwise_scale(year: int, fused: bool | None, p: dict) -> float:
+def elementwise_scale(year: int, fused: bool | None, p: dict | None = None) -> float:
     """Elementwise traffic of a stack, in units of the hand count (fused kernels: a third)."""
-    e = stack(year)["elementwise"]
-    scale = p[e] if isinstance(e, str) else e
+    scale = stack(year)["elementwise"]
     if fused is True:
         return min(scale, 1 / 3)
     if fused is False:
@@ -93,6 +99,14 @@ def elementwise_scale(year: int, fused: bool | None, p: dict) -> float:
     return scale
 
 
+# `--software YEAR`: the same copy with that year's typical recipe, not only its stack. 2023 = HF
+# Trainer with eager attention and batches padded to their longest row; 2026 = FlashAttention/sdpa,
+# packing and compiled (fused) kernels. Each is an assumption stated in the estimate's notes.
+RECIPES = {2023: {"attention": "eager", "packing": False, "fused": False},
+           2026: {"attention": "flash", "packing": True, "fused": True}}
+
+
+@functools.lru_cache(maxsize=64)
 def stack(year: int) -> dict:
     """The SOFTWARE profile in force in `year` (the latest one not after it; 2023 before that)."""
     keys = [y for y in sorted(SOFTWARE) if y <= year]

@@ -17,10 +17,9 @@ import math
 from dataclasses import dataclass, field, replace
 
 from replicate.cost import catalog
-from replicate.cost.estimate import RECIPES
 from replicate.cost.generation import NoFitInference, api_wall_s, selfhosted_time
-from replicate.cost.params import DEFAULTS, params_for
-from replicate.cost.training import NoFit, TrainJob, finetune_time, scaled_wall_s
+from replicate.cost.params import DEFAULTS, RECIPES, params_for
+from replicate.cost.training import NoFit, TrainJob, finetune_time, params_key, scaled_wall_s
 from replicate.cost.workload import ALPACA
 from replicate.errors import UserError
 
@@ -106,6 +105,7 @@ def candidates(budget: float, year: int, teacher: str, max_hours: float = math.i
     gen = _generation_costs(teacher, year)
     gpus = [(g, catalog.hardware(g), catalog.usd_per_device_hour(g, year)) for g in _priced_gpus(year)]
     params = {g: params_for(dev, None)[0] for g, dev, _ in gpus}
+    pkeys = {g: params_key(p) for g, p in params.items()}
     recipe = RECIPES[2023 if software < 2025 else 2026]
     fronts: dict[tuple, list] = {}
     cheapest: dict[tuple, float] = {}  # (student, examples) -> lowest cost at any budget
@@ -120,7 +120,7 @@ def candidates(budget: float, year: int, teacher: str, max_hours: float = math.i
                 for count in COUNTS:
                     costed += len(EXAMPLES)
                     try:  # one timing per setup; the example counts only scale its steps
-                        t = finetune_time(shape, dev, count, job, params[gpu])
+                        t = finetune_time(shape, dev, count, job, params[gpu], pkeys[gpu])
                     except NoFit:
                         continue
                     for n in EXAMPLES:

@@ -8,8 +8,10 @@ parsing and filters. The same defaults serve `estimate`, `plan` and the evaluati
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from replicate.config import Pipeline
+if TYPE_CHECKING:  # the schema (pydantic) is only needed by whoever builds a Pipeline; plan never does
+    from replicate.config import Pipeline
 
 
 @dataclass(frozen=True)
