@@ -3,7 +3,7 @@ answers: status codes to test retries, garbage to test counting, canned self-ins
 
     with ScriptedServer(script=[(429, None), (500, None)], reply=lambda body: "text") as srv:
         srv.base_url   # http://127.0.0.1:PORT/v1
-        srv.requests   # every request received: {"path", "headers", "body"}
+        srv.requests   # every request received: {"path", "headers" (lower-case names), "body"}
 
 `script` items are consumed first, one per request: (status, text-or-None). Then every request
 gets 200 with `reply(body)` as the completion text, until `fail_after` answers have been given:
@@ -39,7 +39,8 @@ class ScriptedServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 with outer.lock:
-                    outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    outer.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                           "body": body})
                     step = outer.script.pop(0) if outer.script else None
                     if step is None and outer.fail_after is not None and outer.answered >= outer.fail_after:
                         step = (503, "down")
