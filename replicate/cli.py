@@ -2,12 +2,16 @@
 
 Heavy imports (torch, vllm, trl) happen inside the stages, and the handlers import the stages
 inside themselves, so `estimate` starts fast. Every error a user can cause is a UserError: one
-line on stderr, exit code 2.
+line on stderr (`replicate: error: ...`), exit code 2; a bad option is the same one line.
+Ctrl-C and SIGTERM unwind the stage (engines stopped, everything finished saved): exit 130/143.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -70,18 +74,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from replicate import meter
     from replicate.config import load_pipeline
     from replicate.generate import run_generate
-    from replicate.rundir import default_run_dir
+    from replicate.pipeline import budget_left, with_budget
+    from replicate.rundir import default_run_dir, run_lock
 
-    cfg = load_pipeline(args.pipeline, args.overrides)
+    cfg = with_budget(load_pipeline(args.pipeline, args.overrides), args.max_usd)
     run_dir = default_run_dir(cfg.name, args.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     # --max-usd (or budget.max_usd) caps ALL measured spending in the run directory, as `replicate
     # run` does: this call may spend what is left, so a rerun with the same limit does not spend more.
-    limit = args.max_usd if args.max_usd is not None else cfg.budget.max_usd
-    s = run_generate(cfg, run_dir, max_usd=None if limit is None else limit - meter.spent_usd(run_dir))
+    with run_lock(run_dir):
+        s = run_generate(cfg, run_dir, max_usd=budget_left(cfg, run_dir, "generate"))
     print(f"generate: {s['train_rows']} train + {s['held_out_rows']} held-out rows from {s['requests']} requests, "
           f"{s['output_tokens']:,} output tokens, ${s['usd']:.4f} -> {run_dir / 'data'}")
     return 0
@@ -90,10 +93,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from replicate.config import load_pipeline
     from replicate.finetune import run_finetune
-    from replicate.rundir import default_run_dir
+    from replicate.pipeline import budget_left, with_budget
+    from replicate.rundir import default_run_dir, run_lock
 
-    cfg = load_pipeline(args.pipeline, args.overrides)
-    m = run_finetune(cfg, default_run_dir(cfg.name, args.run_dir), max_usd=args.max_usd)
+    cfg = with_budget(load_pipeline(args.pipeline, args.overrides), args.max_usd)
+    run_dir = default_run_dir(cfg.name, args.run_dir)
+    with run_lock(run_dir):
+        m = run_finetune(cfg, run_dir, max_usd=budget_left(cfg, run_dir, "finetune"))
     print(f"finetune: {m.get('global_step')} steps, {m.get('trained_tokens'):,} tokens, "
           f"{m.get('tokens_per_s')} tok/s, MFU {m.get('mfu')}, ${m.get('usd', 0):.4f} this run -> {m.get('merged')}")
     return 0
@@ -102,14 +108,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from replicate.config import evaluation_pipeline
     from replicate.evaluate import run_evaluate
+    from replicate.pipeline import budget_left, with_budget
     from replicate.report.evaluation import print_summary, write_summary
-    from replicate.rundir import default_run_dir
+    from replicate.rundir import default_run_dir, run_lock
 
-    cfg = evaluation_pipeline(args.pipeline, args.overrides, teacher=args.teacher, base=args.base,
-                              student=args.student)
+    cfg = with_budget(evaluation_pipeline(args.pipeline, args.overrides, teacher=args.teacher, base=args.base,
+                                          student=args.student), args.max_usd)
     run_dir = default_run_dir(cfg.name, args.run_dir)
-    scores = run_evaluate(cfg, run_dir, student_dir=Path(args.student) if args.student else None)
-    write_summary(run_dir / "eval", scores)
+    with run_lock(run_dir):
+        scores = run_evaluate(cfg, run_dir, student_dir=Path(args.student) if args.student else None,
+                              max_usd=budget_left(cfg, run_dir, "evaluate"))
+        write_summary(run_dir / "eval", scores)
     if args.json:
         print(json.dumps(scores, indent=2, default=float))
     else:
@@ -120,10 +129,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from replicate.config import load_pipeline
     from replicate.cost.params import load_calibration
-    from replicate.pipeline import run_pipeline
+    from replicate.pipeline import run_pipeline, with_budget
     from replicate.rundir import default_run_dir
 
-    cfg = load_pipeline(args.pipeline, args.overrides)
+    cfg = with_budget(load_pipeline(args.pipeline, args.overrides), args.max_usd)
     run_pipeline(cfg, default_run_dir(cfg.name, args.run_dir), calibration=load_calibration(args.calibration))
     return 0
 
@@ -131,10 +140,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from replicate.config import load_pipeline
     from replicate.cost.params import load_calibration
+    from replicate.pipeline import with_budget
     from replicate.rundir import default_run_dir
     from replicate.sweep import parse_sizes, run_sweep
 
-    cfg = load_pipeline(args.pipeline, args.overrides)
+    cfg = with_budget(load_pipeline(args.pipeline, args.overrides), args.max_usd)
     run_sweep(cfg, default_run_dir(cfg.name, args.run_dir, "-sweep"), parse_sizes(args.examples),
               calibration=load_calibration(args.calibration))
     return 0
@@ -142,8 +152,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from replicate.report import write_report
+    from replicate.rundir import run_lock
 
-    for p in write_report(Path(args.run_dir)).values():
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    with run_lock(run_dir):
+        paths = write_report(run_dir)
+    for p in paths.values():
         print(p)
     return 0
 
@@ -152,8 +168,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from replicate import files, meter
     from replicate.cost.calibrate import calibrate
 
-    result = calibrate([Path(d) for d in args.run_dirs])
     out = Path(args.output)
+    if out.is_dir():
+        raise UserError(f"-o {out}: is a folder; name the calibration file, e.g. -o {out / 'calibration.yaml'}")
+    if not out.parent.is_dir():
+        raise UserError(f"-o {out}: no folder {out.parent}; create it first or write elsewhere")
+    result = calibrate([Path(d) for d in args.run_dirs])
     files.write_yaml(out, result, header=f"# written by `replicate calibrate {' '.join(args.run_dirs)}` on "
                      f"{meter.now_iso()}\n# use: replicate estimate PIPELINE.yaml --calibration {out}\n")
     for key, rep in result["fit"].items():
@@ -167,11 +187,54 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from replicate.pipeline import run_demo
 
-    run_demo(args.run_dir)
+    run_demo(args.run_dir, args.max_usd)
     return 0
 
 
 # ---- the parser ------------------------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a bad option is the program's one error line (exit 2), not a usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"replicate: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
+def _dollars(text: str) -> float:
+    """A dollar amount: a finite number >= 0 (`nan`, `inf`, `-1`, `abc` are refused)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected dollars, e.g. 2.50, got {text!r}") from None
+    if not math.isfinite(x) or x < 0 or x > 1e12:
+        raise argparse.ArgumentTypeError(f"expected a finite amount of dollars between 0 and 1e12, got {text!r}")
+    return x
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= n <= 10_000:
+        raise argparse.ArgumentTypeError(f"expected 1 to 10000, got {n}")
+    return n
+
+
+def _year(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a year, e.g. 2026, got {text!r}") from None
+
+
+MAX_USD_HELP = ("a hard ceiling on the measured dollars in the run directory (default: the YAML's budget.max_usd); "
+                "stops cleanly and resumably before spending would pass it")
+
+
+def _max_usd_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-usd", type=_dollars, metavar="USD", help=MAX_USD_HELP)
 
 
 def _pipeline_arg(p: argparse.ArgumentParser) -> None:
@@ -181,7 +244,7 @@ def _pipeline_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="replicate", description="Cheap-replication cost simulator: estimate, run "
+    ap = Parser(prog="replicate", description="Cheap-replication cost simulator: estimate, run "
                                  "and measure Alpaca-style copies of a teacher model.")
     ap.add_argument("--version", action="version", version=f"replicate {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
@@ -193,29 +256,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("estimate", help="predict a pipeline's cost without running it")
     _pipeline_arg(p)
-    p.add_argument("--prices", type=int, help="price year (default: the YAML's `prices`)")
+    p.add_argument("--prices", type=_year, help="price year (default: the YAML's `prices`)")
     p.add_argument("--calibration", help="YAML written by `replicate calibrate`")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("plan", help="the best replications a budget buys, ranked")
-    p.add_argument("--budget", type=float, required=True, help="dollars")
-    p.add_argument("--prices", type=int, default=2026)
+    p.add_argument("--budget", type=_dollars, required=True, help="dollars")
+    p.add_argument("--prices", type=_year, default=2026)
     p.add_argument("--teacher", default="gpt-4o-mini", help="teacher (API model or catalog model)")
-    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--top", type=_count, default=10)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("generate", help="stage 1: generate instruction data from the teacher")
     _pipeline_arg(p)
     p.add_argument("--run-dir", help="default: runs/<name>")
-    p.add_argument("--max-usd", type=float, help="stop cleanly (resumable) before spending more")
+    _max_usd_arg(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("finetune", help="stage 2: fine-tune the student on the generated data")
     _pipeline_arg(p)
     p.add_argument("--run-dir", help="default: runs/<name>")
-    p.add_argument("--max-usd", type=float, help="stop cleanly (resumable, checkpoint saved) before spending more")
+    _max_usd_arg(p)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("evaluate", help="stage 3: compare base, student and teacher")
@@ -225,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", help="student model folder")
     p.add_argument("--teacher", help="teacher model reference")
     p.add_argument("--base", help="base model reference")
+    _max_usd_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -232,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_arg(p)
     p.add_argument("--run-dir", help="default: runs/<name>")
     p.add_argument("--calibration", help="YAML written by `replicate calibrate` (for the recorded estimate)")
+    _max_usd_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="copy curve: fine-tune and evaluate on nested subsets of one generation")
@@ -239,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", required=True, help="comma-separated sizes, e.g. 50,100,200,400")
     p.add_argument("--run-dir", help="default: runs/<name>-sweep")
     p.add_argument("--calibration", help="YAML written by `replicate calibrate` (for the recorded estimates)")
+    _max_usd_arg(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="report.md/.html/.json from a run directory")
@@ -252,24 +318,70 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the offline default replication (what `make demo` runs)")
     p.add_argument("--run-dir", help="default: runs/tiny-cpu")
+    _max_usd_arg(p)
     p.set_defaults(func=cmd_demo)
     return ap
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a scheduler, a container stop): unwinds like Ctrl-C, so every
+    `finally` runs: engine processes are stopped, the chunk's ledger line is written."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _error(message: str) -> int:
+    print(f"replicate: error: {' '.join(str(message).split())}", file=sys.stderr)  # one line, always
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:  # a bad option (its one line is printed), or --help / --version
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         ap.print_help()
         return 0
+    previous = signal.signal(signal.SIGTERM, _terminate) if _on_main_thread() else None
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        return code
     except UserError as e:
-        print(f"replicate: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
+    except BrokenPipeError:  # `replicate ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a writer killed by SIGPIPE
+    except OSError as e:  # the environment refused: disk full, permission denied, read-only file system
+        where = f"{e.filename}: " if e.filename else ""
+        return _error(f"{where}{e.strerror or e}")
+    except Terminated:
+        print("replicate: stopped by SIGTERM; everything finished is saved: rerun the same command to resume",
+              file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("replicate: interrupted; rerun the same command to resume", file=sys.stderr)
+        print("replicate: interrupted; everything finished is saved: rerun the same command to resume",
+              file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not the user's doing: still one line (REPLICATE_DEBUG=1: the traceback)
+        if os.environ.get("REPLICATE_DEBUG"):
+            raise
+        print(f"replicate: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} (a bug: please "
+              "report it; REPLICATE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -1,12 +1,22 @@
 """Measured cost: every finished stage (or resumed chunk) appends one line to ledger.jsonl.
 
-    with meter.stage(run_dir, "generate", usd_per_device_hour=0.1) as m:
+    with meter.stage(run_dir, "generate", usd_per_device_hour=0.1, max_usd=0.5) as m:
         ...
         m.add(prompt_tokens=123, output_tokens=456)
         m.set(requests=10)                     # stage-specific fields
 
-On a clean exit the line is appended (one write + fsync, so a kill never leaves half a line);
-on an exception nothing is written for the unfinished work and the exception propagates.
+The line is appended when the block ends (one write + fsync, so a kill never leaves half a line):
+on a clean exit, and on an exception too (Ctrl-C, SIGTERM, an error), marked `interrupted`,
+because the device time and tokens were paid for either way. Only kill -9 loses it (the
+generate stage's heartbeat covers that case).
+
+`max_usd`: the most this block may spend. A watchdog thread stops the block when its device
+time would pass max_usd minus STOP_RESERVE_S of device time (kept back for stopping: closing the
+engine, writing the line): it interrupts the main thread as Ctrl-C would, the stage unwinds
+(engines closed, everything finished saved) and BudgetExceeded comes out of the block.
+
+Reading: every ledger line is validated (LedgerLine); a line the program did not write, or one
+edited by hand into nonsense, is a UserError naming the file, the line and the field.
 """
 from __future__ import annotations
 
@@ -14,17 +24,74 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from replicate import files
+from replicate.errors import BudgetExceeded, UserError
 from replicate.rundir import sweep_dirs
 
 LEDGER = "ledger.jsonl"
 TOKEN_FIELDS = ("prompt_tokens", "output_tokens", "trained_tokens")
+STOP_RESERVE_S = 10.0  # device seconds a budget keeps back for stopping (vLLM closes in ~2 s here)
+MEASURED = ("usd", "wall_s", "device_hours", *TOKEN_FIELDS)  # what every measured line carries
+Amount = float | None
+
+
+class LedgerLine(BaseModel):
+    """One line of ledger.jsonl (docs/runs.md). Stage-specific fields are allowed beside these."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    stage: Literal["generate", "finetune", "evaluate"]
+    kind: Literal["measured", "estimate"]
+    usd: Amount = Field(None, ge=0)
+    wall_s: Amount = Field(None, ge=0)
+    device_hours: Amount = Field(None, ge=0)
+    prompt_tokens: Amount = Field(None, ge=0)
+    output_tokens: Amount = Field(None, ge=0)
+    trained_tokens: Amount = Field(None, ge=0)
+    usd_per_device_hour: Amount = Field(None, ge=0)
+    unsettled_usd: Amount = Field(None, ge=0)
+    """Worst case of API requests cancelled in flight (Ctrl-C): the provider may bill them."""
+    startup_s: Amount = Field(None, ge=0)
+    tokens_per_s: Amount = Field(None, ge=0)
+    num_devices: int | None = Field(None, gt=0)
+    device: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+
+    @model_validator(mode="after")
+    def _measured_is_complete(self):
+        missing = [k for k in MEASURED if getattr(self, k) is None] if self.kind == "measured" else []
+        if missing:
+            raise ValueError(f"a measured line needs {', '.join(missing)}")
+        return self
+
+
+def read_ledger(path: Path) -> list[dict]:
+    """The validated lines of one ledger file (absent: none), as the dicts they are in the file."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for lineno, row in files.jsonl_rows(path, "no such ledger", torn_ok=True):
+        try:
+            LedgerLine.model_validate(row)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise UserError(f"{path}:{lineno}: {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}"
+                            "; this is not a line `replicate` wrote: fix or delete it (the ledger is the run's "
+                            "record of spending)") from None
+        rows.append(row)
+    return rows
 
 
 def now_iso() -> str:
@@ -57,17 +124,16 @@ def device_name() -> tuple[str, int]:
 def ledger(run_dir: str | Path, *, with_sweep: bool = False) -> list[dict]:
     """The run's ledger lines; `with_sweep`: also every sweep size's (n<N>/ledger.jsonl), each
     tagged `sweep_examples: N`."""
-    rows = files.read_jsonl(Path(run_dir) / LEDGER)
+    rows = read_ledger(Path(run_dir) / LEDGER)
     if with_sweep:
         for sub in sweep_dirs(run_dir):
-            rows += [dict(r, sweep_examples=int(sub.name[1:])) for r in files.read_jsonl(sub / LEDGER)]
+            rows += [dict(r, sweep_examples=int(sub.name[1:])) for r in read_ledger(sub / LEDGER)]
     return rows
 
 
 def measured(rows: list[dict], stage: str | None = None) -> list[dict]:
-    """Lines of real spending (kind `measured`; a line without a kind counts as spending too, so a
-    budget never overlooks it), of one stage or all."""
-    return [r for r in rows if r.get("kind", "measured") == "measured" and (stage is None or r.get("stage") == stage)]
+    """Lines of real spending (kind `measured`), of one stage or all."""
+    return [r for r in rows if r["kind"] == "measured" and (stage is None or r["stage"] == stage)]
 
 
 def estimates(rows: list[dict], stage: str | None = None) -> list[dict]:
@@ -79,8 +145,10 @@ def total(rows: list[dict], key: str = "usd") -> float:
 
 
 def spent_usd(run_dir: str | Path, stage: str | None = None, *, with_sweep: bool = False) -> float:
-    """Measured dollars so far in a run directory (one stage, or all)."""
-    return total(measured(ledger(run_dir, with_sweep=with_sweep), stage))
+    """Dollars spent so far in a run directory (one stage, or all), as a budget counts them: the
+    measured dollars plus the worst case of API requests cancelled in flight (`unsettled_usd`)."""
+    lines = measured(ledger(run_dir, with_sweep=with_sweep), stage)
+    return total(lines) + total(lines, "unsettled_usd")
 
 
 @dataclass
@@ -94,6 +162,7 @@ class StageMeter:
     usd_extra: float = 0.0  # per-token API spending, added to the device-hour cost
     started_at: str = field(default_factory=now_iso)
     t0: float = field(default_factory=time.perf_counter)
+    budget_hit: bool = False  # the watchdog stopped the block (max_usd)
 
     def add(self, **counts: float) -> None:
         """Accumulate counters (token counts, requests, ...)."""
@@ -135,6 +204,33 @@ class StageMeter:
         return row
 
 
+class _Watchdog:
+    """Interrupts the main thread (as Ctrl-C would) when the device time of `m` would pass `max_usd`
+    minus STOP_RESERVE_S. A real signal (pthread_kill), so a main thread waiting in select() or a
+    socket read wakes up too."""
+
+    def __init__(self, m: StageMeter, max_usd: float):
+        self.m, self.max_usd = m, max_usd
+        self.reserve = STOP_RESERVE_S * m.num_devices / 3600 * m.usd_per_device_hour
+        self.lock, self.active, self.done = threading.Lock(), True, threading.Event()
+        self.main = threading.main_thread().ident
+        threading.Thread(target=self._watch, name="budget-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.2):
+            if self.m.usd_so_far() + self.reserve >= self.max_usd:
+                with self.lock:
+                    if self.active:
+                        self.m.budget_hit, self.active = True, False
+                        signal.pthread_kill(self.main, signal.SIGINT)
+                return
+
+    def stop(self) -> None:
+        with self.lock:
+            self.active = False
+        self.done.set()
+
+
 @contextlib.contextmanager
 def stage(
     run_dir: str | Path,
@@ -143,8 +239,10 @@ def stage(
     usd_per_device_hour: float = 0.0,
     device: str | None = None,
     num_devices: int | None = None,
+    max_usd: float | None = None,
 ) -> Iterator[StageMeter]:
-    """Meter one stage (or one resumed chunk of it) and append its ledger line on success."""
+    """Meter one stage (or one resumed chunk of it) and append its ledger line when it ends
+    (marked `interrupted` when it ends in an exception). `max_usd`: see the module docstring."""
     dev, count = device_name()
     m = StageMeter(
         stage=name,
@@ -152,7 +250,23 @@ def stage(
         num_devices=num_devices or count,
         usd_per_device_hour=usd_per_device_hour,
     )
-    yield m
+    watch = max_usd is not None and usd_per_device_hour > 0 and threading.current_thread() is threading.main_thread()
+    dog = _Watchdog(m, max_usd) if watch else None
+    try:
+        yield m
+    except BaseException as e:
+        if dog:
+            dog.stop()
+        m.set(interrupted=True, **({"budget_stopped": True} if m.budget_hit else {}))
+        files.append_jsonl(Path(run_dir) / LEDGER, m.row())
+        if m.budget_hit and isinstance(e, KeyboardInterrupt):
+            raise BudgetExceeded(
+                f"{name} stopped on the budget after ${m.usd_so_far():.4g} of the ${max_usd:.4g} it had left "
+                f"(${dog.reserve:.2g} kept back for stopping); everything finished is saved: raise --max-usd "
+                "and rerun the same command to resume") from None
+        raise
+    if dog:
+        dog.stop()
     files.append_jsonl(Path(run_dir) / LEDGER, m.row())
 
 
