@@ -168,12 +168,14 @@ def jsonl_rows(path: str | Path, missing: str, *, torn_ok: bool = False) -> Iter
         yield lineno, row
 
 
-def read_jsonl(path: str | Path, missing: str | None = None) -> list[dict]:
-    """The objects of a JSONL file. `missing` None: an absent file is empty (a ledger, a cache or a
-    log not written yet); else the UserError to raise."""
+def read_jsonl(path: str | Path, missing: str | None = None, *, torn_ok: bool = False) -> list[dict]:
+    """The objects of a JSONL file. `missing` None: an absent file is empty (a cache or a log not
+    written yet); else the UserError to raise. `torn_ok`: the file is one this program appends to
+    (append_jsonl), whose last line a kill may have torn; files written whole (write_jsonl) and
+    files a user hands in are read strictly, every line."""
     if missing is None and not Path(path).exists():
         return []
-    return [row for _, row in jsonl_rows(path, missing or "no such file", torn_ok=True)]
+    return [row for _, row in jsonl_rows(path, missing or "no such file", torn_ok=torn_ok)]
 
 
 # ---- writing -------------------------------------------------------------------------------------

@@ -48,9 +48,9 @@ def sweep_dirs(root: str | Path) -> list[Path]:
 
 def _usable(run_dir: Path) -> None:
     """Create the run directory (and its parents) or say in one line why it cannot be one."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir}: exists and is not a folder; give another --run-dir")
     try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"{run_dir}: exists and is not a folder; give another --run-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{run_dir}: cannot be made a run directory ({e.strerror}); give another --run-dir") from None

@@ -26,6 +26,7 @@ range narrows from 1.5x to 1.25x. docs/cost-model.md ("Calibration").
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 from replicate import files
@@ -87,8 +88,8 @@ def check_calibration(data: dict, source: str = "calibration") -> dict:
                 continue
             if k not in FITTABLE:
                 raise UserError(f"{source}: devices.{dev}.{k}: not a fittable parameter (known: {', '.join(FITTABLE)})")
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-                raise UserError(f"{source}: devices.{dev}.{k}: expected a positive number, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                raise UserError(f"{source}: devices.{dev}.{k}: expected a finite positive number, got {v!r}")
     return data
 
 

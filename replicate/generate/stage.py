@@ -156,18 +156,17 @@ class _Run:
         # Requests still useful at the yield so far (kept rows per request; 1 before any), +10%.
         per_request = kept / t.requests if t.requests else 1.0
         n = min(free, max(math.ceil((self.needed - kept) / max(per_request, 0.05) * 1.1) - len(self.in_flight), 0))
-        budget = self.max_usd is not None and self.api is not None
         out = []
         while len(out) < n and (self.holes or self.next < self.limit):
             i = self.holes[0] if self.holes else self.next
             req, meta = self.mode.request(i)
-            if budget:  # reserve-then-settle: spent + every reservation, this one included, must fit
+            if self.api is not None:  # reserve-then-settle: spent + every reservation, this one included, must fit
                 worst = self.worst_case_usd(req)
-                if self.spent() + sum(self.reserved.values()) + worst > self.max_usd:
+                if self.max_usd is not None and self.spent() + sum(self.reserved.values()) + worst > self.max_usd:
                     if not self.in_flight:
                         self.stop = "budget"  # not even one more request fits
                     break
-                self.reserved[req.request_id] = worst
+                self.reserved[req.request_id] = worst  # also what a cancelled request may have cost
             if self.holes:
                 self.holes.pop(0)
             else:
