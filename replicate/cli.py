@@ -324,12 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, `timeout`, a scheduler, a container stop): unwinds like Ctrl-C, so every
-    `finally` runs: engine processes are stopped, the chunk's ledger line is written."""
+    """SIGTERM (`kill`, `timeout`, a scheduler, a container stop) or SIGHUP (the terminal closed):
+    unwinds like Ctrl-C, so every `finally` runs: engine processes are stopped, the chunk's ledger
+    line is written."""
 
 
 def _terminate(signum, frame):
-    raise Terminated()
+    raise Terminated(signal.Signals(signum).name)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _error(message: str) -> int:
@@ -346,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         ap.print_help()
         return 0
-    previous = signal.signal(signal.SIGTERM, _terminate) if _on_main_thread() else None
+    # Only signals left at their default: `nohup` ignores SIGHUP on purpose, and that must hold.
+    previous = {s: signal.signal(s, _terminate) for s in STOP_SIGNALS
+                if _on_main_thread() and signal.getsignal(s) is signal.SIG_DFL}
     try:
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
@@ -359,10 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the environment refused: disk full, permission denied, read-only file system
         where = f"{e.filename}: " if e.filename else ""
         return _error(f"{where}{e.strerror or e}")
-    except Terminated:
-        print("replicate: stopped by SIGTERM; everything finished is saved: rerun the same command to resume",
+    except Terminated as e:
+        name = str(e) or "SIGTERM"
+        print(f"replicate: stopped by {name}; everything finished is saved: rerun the same command to resume",
               file=sys.stderr)
-        return 143
+        return 128 + signal.Signals[name].value  # 143 for SIGTERM, 129 for SIGHUP, as a shell reports them
     except KeyboardInterrupt:
         print("replicate: interrupted; everything finished is saved: rerun the same command to resume",
               file=sys.stderr)
@@ -374,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
               "report it; REPLICATE_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _on_main_thread() -> bool:

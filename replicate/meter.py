@@ -204,16 +204,28 @@ class StageMeter:
         return row
 
 
+class BudgetStop(KeyboardInterrupt):
+    """Raised in the main thread by the budget watchdog: unwinds the stage as Ctrl-C would."""
+
+
+def _budget_stop(signum, frame):
+    raise BudgetStop()
+
+
 class _Watchdog:
-    """Interrupts the main thread (as Ctrl-C would) when the device time of `m` would pass `max_usd`
-    minus STOP_RESERVE_S. A real signal (pthread_kill), so a main thread waiting in select() or a
-    socket read wakes up too."""
+    """Interrupts the main thread when the device time of `m` would pass `max_usd` minus
+    STOP_RESERVE_S. A real signal (SIGUSR2, with a handler of its own while the block runs), so a
+    main thread waiting in select() or a socket read wakes up too, and a process that ignores
+    SIGINT (a background job of a script) is stopped all the same. Made and stopped on the main thread."""
+
+    SIGNAL = signal.SIGUSR2
 
     def __init__(self, m: StageMeter, max_usd: float):
         self.m, self.max_usd = m, max_usd
         self.reserve = STOP_RESERVE_S * m.num_devices / 3600 * m.usd_per_device_hour
         self.lock, self.active, self.done = threading.Lock(), True, threading.Event()
         self.main = threading.main_thread().ident
+        self.previous = signal.signal(self.SIGNAL, _budget_stop)
         threading.Thread(target=self._watch, name="budget-watchdog", daemon=True).start()
 
     def _watch(self) -> None:
@@ -222,13 +234,14 @@ class _Watchdog:
                 with self.lock:
                     if self.active:
                         self.m.budget_hit, self.active = True, False
-                        signal.pthread_kill(self.main, signal.SIGINT)
+                        signal.pthread_kill(self.main, self.SIGNAL)
                 return
 
     def stop(self) -> None:
         with self.lock:
             self.active = False
         self.done.set()
+        signal.signal(self.SIGNAL, self.previous)
 
 
 @contextlib.contextmanager

@@ -75,6 +75,13 @@ def run_state(**files) -> dict:
     return state
 
 
+def student_settings(**changes) -> dict:
+    from replicate.config import parse_pipeline
+    from replicate.finetune import _settings
+
+    return _settings(parse_pipeline(_deep(GOOD, **changes)), Path("r/data/train.jsonl"))
+
+
 def settings(**changes) -> dict:
     from replicate.config import parse_pipeline
     from replicate.generate.stage import _settings
@@ -192,6 +199,7 @@ OPTION_CASES = [
     (["estimate", "p.yaml", "--calibration", "cal-nan.yaml"], r"cal-nan\.yaml: devices\.cpu\.train_mfu: expected a finite"),
     (["estimate", "p.yaml", "--calibration", "cal-inf.yaml"], r"cal-inf\.yaml: devices\.cpu\.train_mfu: expected a finite"),
     (["estimate", "p.yaml", "--calibration", "cal-gpu.yaml"], r"cal-gpu\.yaml: devices\.b300: unknown GPU"),
+    (["estimate", "p.yaml", "--calibration", "cal-mfu.yaml"], r"cal-mfu\.yaml: devices\.cpu\.train_mfu: a fraction"),
     (["estimate", "p.yaml", "--calibration", "cal-list.yaml"], r"cal-list\.yaml: expected a mapping with a `devices:`"),
     (["estimate", "p.yaml", "--calibration", "cal-key.yaml"], r"cal-key\.yaml: devices\.cpu\.speed: not a fittable"),
     (["sweep", "p.yaml", "--examples", "a,b"], r"--examples a,b: expected comma-separated whole numbers"),
@@ -212,6 +220,7 @@ OPTION_CASES = [
 CALIBRATIONS = {"cal-nan.yaml": "devices:\n  cpu:\n    train_mfu: .nan\n",
                 "cal-inf.yaml": "devices:\n  cpu:\n    train_mfu: .inf\n",
                 "cal-gpu.yaml": "devices:\n  b300:\n    train_mfu: 0.3\n",
+                "cal-mfu.yaml": "devices:\n  cpu:\n    train_mfu: 6.755\n",
                 "cal-list.yaml": "- devices\n",
                 "cal-key.yaml": "devices:\n  cpu:\n    speed: 2\n"}
 
@@ -293,6 +302,9 @@ STATE_CASES = [
      r"r/data holds generated data made with other settings \(temperature: 1\.0 -> 0\.5\)"),
     ("gen-stale-teacher", {"data/generation.json": settings(teacher__model="gpt-4o")}, "generate",
      r"other settings \(teacher: 'gpt-4o' -> 'gpt-4o-mini'\)"),
+    ("finetune-stale", {"student/settings.json": student_settings(finetune__epochs=1.0),
+                        "student/train_metrics.json": "{}"}, "finetune",
+     r"r/student holds a student made with other settings \(finetune\.epochs: 1\.0 -> 3\.0\)"),
     ("run-other-teacher", {"pipeline.yaml": _deep(GOOD, teacher__model="gpt-4o")}, "run",
      r"r was started with a different pipeline \(teacher\.model: 'gpt-4o' -> 'gpt-4o-mini'\)"),
     ("run-pipeline-corrupt", {"pipeline.yaml": b"\xff\xfe\x00"}, "run", r"r/pipeline\.yaml: not UTF-8 text"),

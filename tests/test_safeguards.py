@@ -88,11 +88,16 @@ def test_api_budget_is_a_hard_ceiling_with_long_prompts_and_16_in_flight(tmp_pat
 
 def test_budget_watchdog_stops_device_time_before_the_limit(tmp_path):
     """A stage paying $1 per device-second with $12 left: the meter stops it with STOP_RESERVE_S of
-    device time to spare, interrupting the main thread even while it sleeps in a system call."""
+    device time to spare, interrupting the main thread even while it sleeps in a system call, and
+    even in a process that ignores Ctrl-C (a background job of a script)."""
     t0 = time.perf_counter()
-    with (pytest.raises(BudgetExceeded, match=r"evaluate stopped on the budget"),
-          meter.stage(tmp_path, "evaluate", usd_per_device_hour=3600.0, num_devices=1, max_usd=12.0)):
-        time.sleep(30)  # blocked in the kernel: only a real signal wakes it
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with (pytest.raises(BudgetExceeded, match=r"evaluate stopped on the budget"),
+              meter.stage(tmp_path, "evaluate", usd_per_device_hour=3600.0, num_devices=1, max_usd=12.0)):
+            time.sleep(30)  # blocked in the kernel: only a real signal wakes it
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - t0 < 5
     [line] = meter.ledger(tmp_path)
     assert line["budget_stopped"] and line["interrupted"] and line["usd"] <= 12.0 - meter.STOP_RESERVE_S + 1
