@@ -157,6 +157,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
+    if not (run_dir / "ledger.jsonl").is_file():  # before the lock: a folder that is no run gets no .lock
+        raise UserError(f"{run_dir}: no ledger.jsonl yet (run `replicate run` first)")
     with run_lock(run_dir):
         paths = write_report(run_dir)
     for p in paths.values():

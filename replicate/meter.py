@@ -208,14 +208,20 @@ class BudgetStop(KeyboardInterrupt):
     """Raised in the main thread by the budget watchdog: unwinds the stage as Ctrl-C would."""
 
 
+_ARMED = threading.Event()  # a watchdog asked for a stop that has not been delivered yet
+
+
 def _budget_stop(signum, frame):
-    raise BudgetStop()
+    # A signal that arrives after its stage ended (a race of microseconds) finds nothing armed.
+    if _ARMED.is_set():
+        _ARMED.clear()
+        raise BudgetStop()
 
 
 class _Watchdog:
     """Interrupts the main thread when the device time of `m` would pass `max_usd` minus
-    STOP_RESERVE_S. A real signal (SIGUSR2, with a handler of its own while the block runs), so a
-    main thread waiting in select() or a socket read wakes up too, and a process that ignores
+    STOP_RESERVE_S. A real signal (SIGUSR2, whose handler stays installed and acts only when armed),
+    so a main thread waiting in select() or a socket read wakes up too, and a process that ignores
     SIGINT (a background job of a script) is stopped all the same. Made and stopped on the main thread."""
 
     SIGNAL = signal.SIGUSR2
@@ -225,7 +231,7 @@ class _Watchdog:
         self.reserve = STOP_RESERVE_S * m.num_devices / 3600 * m.usd_per_device_hour
         self.lock, self.active, self.done = threading.Lock(), True, threading.Event()
         self.main = threading.main_thread().ident
-        self.previous = signal.signal(self.SIGNAL, _budget_stop)
+        signal.signal(self.SIGNAL, _budget_stop)
         threading.Thread(target=self._watch, name="budget-watchdog", daemon=True).start()
 
     def _watch(self) -> None:
@@ -234,14 +240,15 @@ class _Watchdog:
                 with self.lock:
                     if self.active:
                         self.m.budget_hit, self.active = True, False
+                        _ARMED.set()
                         signal.pthread_kill(self.main, self.SIGNAL)
                 return
 
     def stop(self) -> None:
         with self.lock:
             self.active = False
+            _ARMED.clear()
         self.done.set()
-        signal.signal(self.SIGNAL, self.previous)
 
 
 @contextlib.contextmanager

@@ -44,7 +44,8 @@ def make_subset(root: Path, sub: Path, n: int, train: list[dict]) -> None:
     held = files.read_jsonl(data / "held_out.jsonl") if (data / "held_out.jsonl").is_file() else []
     # done.json in the generate stage's form (dataset.Done): this data cost nothing more here.
     done = {"subset_of": str(root / "data" / "train.jsonl"), "examples": n, "source_rows": len(train),
-            "train_rows": n, "held_out_rows": len(held), "requests": 0, "usd": 0.0, "complete": True}
+            "train_rows": n, "held_out_rows": len(held), "requests": 0, "output_tokens": 0, "usd": 0.0,
+            "complete": True}
     files.write_json(data / "done.json", done)
 
 

@@ -248,6 +248,7 @@ RUN_DIR_CASES = [
      "afile"),
     (["report", "afile"], r"afile: no such run directory", "afile"),
     (["report", "missing-run"], r"missing-run: no such run directory", "afile"),
+    (["report", "."], r"\.: no ledger\.jsonl yet", "afile"),
 ]
 
 
@@ -294,17 +295,19 @@ STATE_CASES = [
     ("gen-done-corrupt", {"data/done.json": "{\"train_rows\": 1"}, "generate", r"done\.json: not valid JSON"),
     ("gen-done-empty", {"data/done.json": "{}"}, "generate", r"done\.json: train_rows: Field required"),
     ("gen-done-type", {"data/done.json": json.dumps({"train_rows": "10", "held_out_rows": 1, "requests": 3,
-                                                     "usd": 0.1})}, "generate", r"done\.json: train_rows: Input should"),
+                                                     "output_tokens": 30, "usd": 0.1})}, "generate", r"done\.json: train_rows: Input should"),
     ("gen-log-empty-object", {"data/log.jsonl": "{}\n"}, "generate", r"log\.jsonl:1: index: Field required"),
     ("gen-log-garbage", {"data/log.jsonl": "\x00\x01garbage\n{}\n"}, "generate", r"log\.jsonl:1: not valid JSON"),
     ("gen-stale-temperature", {"data/generation.json": settings(), "data/done.json": json.dumps(
-        {"train_rows": 10, "held_out_rows": 0, "requests": 3, "usd": 0.1})}, "generate-hot",
+        {"train_rows": 10, "held_out_rows": 0, "requests": 3, "output_tokens": 30, "usd": 0.1})}, "generate-hot",
      r"r/data holds generated data made with other settings \(temperature: 1\.0 -> 0\.5\)"),
     ("gen-stale-teacher", {"data/generation.json": settings(teacher__model="gpt-4o")}, "generate",
      r"other settings \(teacher: 'gpt-4o' -> 'gpt-4o-mini'\)"),
     ("finetune-stale", {"student/settings.json": student_settings(finetune__epochs=1.0),
                         "student/train_metrics.json": "{}"}, "finetune",
      r"r/student holds a student made with other settings \(finetune\.epochs: 1\.0 -> 3\.0\)"),
+    ("finetune-metrics-empty", {"student/settings.json": student_settings(), "student/train_metrics.json": "{}"},
+     "finetune", r"r/student/train_metrics\.json: global_step: Field required"),
     ("run-other-teacher", {"pipeline.yaml": _deep(GOOD, teacher__model="gpt-4o")}, "run",
      r"r was started with a different pipeline \(teacher\.model: 'gpt-4o' -> 'gpt-4o-mini'\)"),
     ("run-pipeline-corrupt", {"pipeline.yaml": b"\xff\xfe\x00"}, "run", r"r/pipeline\.yaml: not UTF-8 text"),

@@ -12,8 +12,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from replicate import files, rundir
 from replicate.config import Pipeline
+from replicate.errors import UserError
 from replicate.finetune.checks import in_distributed_worker
 from replicate.finetune.launch import launch_processes
 from replicate.finetune.train import check_method, train
@@ -32,6 +35,26 @@ def _settings(cfg: Pipeline, train_file: Path) -> dict:
     return {"student": cfg.student.model, "finetune": ft, "train_data_sha256": digest}
 
 
+class TrainMetrics(BaseModel):
+    """student/train_metrics.json, the stage's done marker: the parts its readers rely on."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    global_step: int = Field(ge=0)
+    trained_tokens: int = Field(ge=0)
+    usd: float = Field(0.0, ge=0)
+
+
+def read_metrics(path: Path) -> dict:
+    metrics = files.read_json_object(path, "")
+    try:
+        TrainMetrics.model_validate(metrics)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']} (not the metrics `replicate "
+                        f"finetune` writes: delete {path.parent} to train the student again)") from None
+    return metrics
+
+
 def run_finetune(cfg: Pipeline, run_dir: Path, *, train_file: Path | None = None,
                  out_dir: Path | None = None, max_usd: float | None = None) -> dict:
     """Train (or resume) and return the metrics; a finished stage returns its saved metrics."""
@@ -43,7 +66,7 @@ def run_finetune(cfg: Pipeline, run_dir: Path, *, train_file: Path | None = None
     if done.is_file() or any((out_dir / "checkpoints").glob("checkpoint-*")):  # something would be reused
         rundir.check_settings(out_dir / SETTINGS, settings, "a student")
     if done.is_file():
-        return files.read_json_object(done, "")
+        return read_metrics(done)
     check_method(cfg.finetune.method)
     if settings["train_data_sha256"]:  # what the checkpoints to come are made with (no data: train() says so)
         files.write_json(out_dir / SETTINGS, settings)

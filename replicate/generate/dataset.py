@@ -216,6 +216,7 @@ class Done(BaseModel):
     train_rows: int = Field(ge=0)
     held_out_rows: int = Field(ge=0)
     requests: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
     usd: float = Field(ge=0)
     exhausted: bool = False
 
