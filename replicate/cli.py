@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import signal
 import sys
 from pathlib import Path
 
 from replicate import __version__
-from replicate.errors import UserError
+from replicate.errors import UserError, exit_code
 
 # ---- handlers, in data-flow order ----------------------------------------------------------------
 
@@ -325,24 +323,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, `timeout`, a scheduler, a container stop) or SIGHUP (the terminal closed):
-    unwinds like Ctrl-C, so every `finally` runs: engine processes are stopped, the chunk's ledger
-    line is written."""
-
-
-def _terminate(signum, frame):
-    raise Terminated(signal.Signals(signum).name)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
-def _error(message: str) -> int:
-    print(f"replicate: error: {' '.join(str(message).split())}", file=sys.stderr)  # one line, always
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     try:
@@ -352,45 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         ap.print_help()
         return 0
-    # Only signals left at their default: `nohup` ignores SIGHUP on purpose, and that must hold.
-    previous = {s: signal.signal(s, _terminate) for s in STOP_SIGNALS
-                if _on_main_thread() and signal.getsignal(s) is signal.SIG_DFL}
-    try:
-        code = args.func(args)
-        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
-        return code
-    except UserError as e:
-        return _error(str(e))
-    except BrokenPipeError:  # `replicate ... | head`: the reader left; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # what a shell reports for a writer killed by SIGPIPE
-    except OSError as e:  # the environment refused: disk full, permission denied, read-only file system
-        where = f"{e.filename}: " if e.filename else ""
-        return _error(f"{where}{e.strerror or e}")
-    except Terminated as e:
-        name = str(e) or "SIGTERM"
-        print(f"replicate: stopped by {name}; everything finished is saved: rerun the same command to resume",
-              file=sys.stderr)
-        return 128 + signal.Signals[name].value  # 143 for SIGTERM, 129 for SIGHUP, as a shell reports them
-    except KeyboardInterrupt:
-        print("replicate: interrupted; everything finished is saved: rerun the same command to resume",
-              file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug, not the user's doing: still one line (REPLICATE_DEBUG=1: the traceback)
-        if os.environ.get("REPLICATE_DEBUG"):
-            raise
-        print(f"replicate: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} (a bug: please "
-              "report it; REPLICATE_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 1
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _on_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+    return exit_code(args.func, args)  # every failure: one line and an exit code (errors.py)
 
 
 if __name__ == "__main__":
