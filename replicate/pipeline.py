@@ -7,10 +7,11 @@ Resume: each stage writes its done marker LAST (data/done.json, student/train_me
 eval/scores.json); a stage whose marker exists is skipped, an unfinished one is called again and
 resumes from its own saved state (generated rows, training checkpoints, scored samples).
 
-Budget guard: the estimate must fit `budget.max_usd` before anything starts; during the run each
-stage gets what is left (max_usd minus the measured dollars in the ledger) and raises
-BudgetExceeded after saving what it finished. Raise the budget (`--set budget.max_usd=...`) and
-rerun the same command to continue.
+Budget guard: `--max-usd` (else the YAML's `budget.max_usd`) is a hard ceiling on the measured
+dollars in the run directory, the same on every command that can spend (run, sweep, demo,
+generate, finetune, evaluate). The estimate must fit before anything starts; during the run each
+stage gets what is left (the limit minus the dollars in the ledger) and raises BudgetExceeded
+after saving what it finished. Raise --max-usd and rerun the same command to continue.
 
 Concurrency: one process per run directory. A second `replicate run` on the same directory
 refuses at once (it does not wait: a queued run would silently repeat the first one's decisions).
@@ -34,10 +35,25 @@ def say(msg: str) -> None:
     logging.getLogger("replicate").info(msg)
 
 
-def remaining_usd(cfg: Pipeline, budget_dir: Path) -> float | None:
-    if cfg.budget.max_usd is None:
+def with_budget(cfg: Pipeline, max_usd: float | None) -> Pipeline:
+    """The pipeline with `--max-usd` (when given) as its budget.max_usd: one limit, one meaning."""
+    if max_usd is None:
+        return cfg
+    return cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"max_usd": max_usd})})
+
+
+def budget_left(cfg: Pipeline, budget_dir: Path, before: str) -> float | None:
+    """What the next stage may spend: budget.max_usd minus the dollars in budget_dir's ledgers (a
+    sweep's sub-runs included); None without a limit. Nothing left: BudgetExceeded, nothing starts."""
+    limit = cfg.budget.max_usd
+    if limit is None:
         return None
-    return cfg.budget.max_usd - meter.spent_usd(budget_dir, with_sweep=True)
+    spent = meter.spent_usd(budget_dir, with_sweep=True)
+    if spent >= limit:
+        raise BudgetExceeded(f"the budget (--max-usd / budget.max_usd = ${limit:,.4g}) is spent before {before}: "
+                             f"${spent:,.4g} measured in {budget_dir}; raise --max-usd and rerun the same command "
+                             "to resume")
+    return limit - spent
 
 
 # ---- estimate ---------------------------------------------------------------------------------
@@ -51,8 +67,8 @@ def estimate(cfg: Pipeline, calibration: dict | None = None) -> dict:
 
 def refuse_over_budget(est_usd: float, cfg: Pipeline, what: str) -> None:
     if cfg.budget.max_usd is not None and est_usd > cfg.budget.max_usd:
-        raise UserError(f"{what} is estimated at ${est_usd:,.2f}, over budget.max_usd = ${cfg.budget.max_usd:,.2f}; "
-                        "shrink it (e.g. --set generate.examples=...) or raise the budget")
+        raise UserError(f"{what} is estimated at ${est_usd:,.4g}, over the budget (--max-usd / budget.max_usd = "
+                        f"${cfg.budget.max_usd:,.4g}); shrink it (e.g. --set generate.examples=...) or raise --max-usd")
 
 
 def estimate_fields(stage: dict, est: dict) -> dict:
@@ -95,10 +111,7 @@ def run_stage(name: str, step: int, run_dir: Path, call, *, budget: tuple[Pipeli
     if marker.is_file():
         say(f"[{step}/3] {name}: done already ({marker}), skipped")
         return
-    left = remaining_usd(*budget) if budget else None
-    if left is not None and left <= 0:
-        raise BudgetExceeded(f"budget.max_usd is spent before {name} (ledger in {budget[1]}); "
-                             "raise it with --set budget.max_usd=... and rerun to resume")
+    left = budget_left(*budget, name) if budget else None
     say(f"[{step}/3] {name}" + (f" (budget left ${left:,.4f})" if left is not None else "") + " ...")
     stats = call(left)
     say(f"[{step}/3] {name}: finished" + (f" {summary(stats)}" if stats else ""))
@@ -134,7 +147,8 @@ def run_pipeline(cfg: Pipeline, run_dir: Path, *, calibration: dict | None = Non
         try:
             run_stage("generate", 1, run_dir, lambda left: generate.run_generate(cfg, run_dir, max_usd=left), budget=b)
             run_stage("finetune", 2, run_dir, lambda left: finetune.run_finetune(cfg, run_dir, max_usd=left), budget=b)
-            run_stage("evaluate", 3, run_dir, lambda left: evaluate.run_evaluate(cfg, run_dir), budget=b)
+            run_stage("evaluate", 3, run_dir, lambda left: evaluate.run_evaluate(cfg, run_dir, max_usd=left),
+                      budget=b)
         except BudgetExceeded:
             write_report(run_dir)  # what the money bought so far, next to the one-line error
             raise
@@ -143,9 +157,9 @@ def run_pipeline(cfg: Pipeline, run_dir: Path, *, calibration: dict | None = Non
     return paths
 
 
-def run_demo(run_dir: str | None = None, overrides: list[str] = ()) -> dict:
+def run_demo(run_dir: str | None = None, overrides: list[str] = (), max_usd: float | None = None) -> dict:
     """The offline default replication (`make demo`): pipelines/tiny-cpu.yaml, `--set` applied."""
     path = files.shipped("pipelines") / DEMO
     say(f"demo: replicate run {path}" + "".join(f" --set {o}" for o in overrides))
-    cfg = load_pipeline(path, overrides)
+    cfg = with_budget(load_pipeline(path, overrides), max_usd)
     return run_pipeline(cfg, default_run_dir(cfg.name, run_dir))

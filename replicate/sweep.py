@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from replicate import cards, files, options
-from replicate.config import Pipeline, with_examples
+from replicate.config import MAX_COUNT, Pipeline, with_examples
 from replicate.cost.estimate import stage_usd
 from replicate.errors import UserError
 from replicate.pipeline import estimate, record_estimate, refuse_over_budget, run_stage, say
@@ -27,8 +27,8 @@ def parse_sizes(text: str) -> list[int]:
         sizes = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
         raise UserError(f"--examples {text}: expected comma-separated whole numbers, e.g. 50,100,200,400") from None
-    if not sizes or sizes[0] <= 0:
-        raise UserError(f"--examples {text}: sizes must be positive")
+    if not sizes or sizes[0] <= 0 or sizes[-1] > MAX_COUNT:
+        raise UserError(f"--examples {text}: sizes must be between 1 and {MAX_COUNT:,}")
     return sizes
 
 
@@ -42,7 +42,11 @@ def make_subset(root: Path, sub: Path, n: int, train: list[dict]) -> None:
         if (root / "data" / name).is_file():
             shutil.copyfile(root / "data" / name, data / name)
     cards.refresh_config(data, f"{root.name}-{sub.name}")  # its own rows: its own datasets config
-    done = {"subset_of": str(root / "data" / "train.jsonl"), "examples": n, "source_rows": len(train)}
+    held = files.read_jsonl(data / "held_out.jsonl") if (data / "held_out.jsonl").is_file() else []
+    # done.json in the generate stage's form (dataset.Done): this data cost nothing more here.
+    done = {"subset_of": str(root / "data" / "train.jsonl"), "examples": n, "source_rows": len(train),
+            "train_rows": n, "held_out_rows": len(held), "requests": 0, "output_tokens": 0, "usd": 0.0,
+            "complete": True}
     files.write_json(data / "done.json", done)
 
 
@@ -85,16 +89,18 @@ def run_sweep(cfg: Pipeline, root: Path, sizes: list[int], *, calibration: dict 
         for n in sizes:
             sub = root / f"n{n}"
             cfg_n = with_examples(cfg, n)
-            make_subset(root, sub, n, train)
-            write_resolved(cfg_n, sub)
-            record_estimate(sub, size_ests[n], stages=("finetune", "evaluate"), sweep_examples=n)
-            say(f"-- size {n} ({sub})")
-            run_stage("finetune", 2, sub, lambda left, c=cfg_n, d=sub: finetune.run_finetune(c, d, max_usd=left),
-                      budget=budget)
-            share_eval_cache(evaluated, sub)
-            run_stage("evaluate", 3, sub, lambda left, c=cfg_n, d=sub: evaluate.run_evaluate(c, d), budget=budget)
-            evaluated = sub
-            write_report(sub)
+            with run_lock(sub):  # a stage command on n<N>/ at the same time would refuse
+                make_subset(root, sub, n, train)
+                write_resolved(cfg_n, sub)
+                record_estimate(sub, size_ests[n], stages=("finetune", "evaluate"), sweep_examples=n)
+                say(f"-- size {n} ({sub})")
+                run_stage("finetune", 2, sub, lambda left, c=cfg_n, d=sub: finetune.run_finetune(c, d, max_usd=left),
+                          budget=budget)
+                share_eval_cache(evaluated, sub)
+                run_stage("evaluate", 3, sub, lambda left, c=cfg_n, d=sub: evaluate.run_evaluate(c, d, max_usd=left),
+                          budget=budget)
+                evaluated = sub
+                write_report(sub)
         paths = write_report(root)
     say(f"sweep report: {paths['md']}  {paths['html']}")
     return paths

@@ -3,17 +3,19 @@ answers: status codes to test retries, garbage to test counting, canned self-ins
 
     with ScriptedServer(script=[(429, None), (500, None)], reply=lambda body: "text") as srv:
         srv.base_url   # http://127.0.0.1:PORT/v1
-        srv.requests   # every request received: {"path", "headers", "body"}
+        srv.requests   # every request received: {"path", "headers" (lower-case names), "body"}
 
 `script` items are consumed first, one per request: (status, text-or-None). Then every request
 gets 200 with `reply(body)` as the completion text, until `fail_after` answers have been given:
 from then on every request gets 503 (a server that went down). Token counts in `usage` are whitespace words
-(prompt_words, output_words) unless `usage` overrides them.
+(prompt_words, output_words) unless `usage` overrides them. `delay_s`: each answer waits that long (a
+slow server, requests in flight); `srv.max_in_flight` is the most requests it held at once.
 """
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
@@ -21,13 +23,16 @@ from typing import Self
 
 class ScriptedServer:
     def __init__(self, script=(), reply: Callable[[dict], str] = lambda body: "", port: int = 0,
-                 usage: tuple[int, int] | None = None, finish_reason: str = "stop", fail_after: int | None = None):
+                 usage: tuple[int, int] | None = None, finish_reason: str = "stop", fail_after: int | None = None,
+                 delay_s: float = 0.0):
         self.script = list(script)
         self.reply = reply
         self.usage = usage
         self.finish_reason = finish_reason
         self.fail_after = fail_after
         self.answered = 0
+        self.delay_s = delay_s
+        self.in_flight = self.max_in_flight = 0
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         outer = self
@@ -37,13 +42,26 @@ class ScriptedServer:
                 pass
 
             def do_POST(self):
+                with outer.lock:
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    self._post()
+                finally:
+                    with outer.lock:
+                        outer.in_flight -= 1
+
+            def _post(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 with outer.lock:
-                    outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    outer.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                           "body": body})
                     step = outer.script.pop(0) if outer.script else None
                     if step is None and outer.fail_after is not None and outer.answered >= outer.fail_after:
                         step = (503, "down")
                     outer.answered += step is None
+                if outer.delay_s:  # `requests` holds it already: a test can see it is in flight
+                    time.sleep(outer.delay_s)
                 if step is not None and step[0] != 200:
                     self._send(step[0], {"error": {"message": step[1] or f"scripted {step[0]}"}},
                                {"Retry-After": "0"} if step[0] == 429 else {})

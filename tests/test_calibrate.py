@@ -22,15 +22,20 @@ PIPE = {"name": "cal", "teacher": {"model": "packaged:smollm2-135m-instruct", "h
         "student": {"model": "packaged:gemma-3-270m"}, "finetune": {"epochs": 1, "hardware": {"gpu": "cpu"}}}
 
 
+def _line(stage: str, **fields) -> dict:
+    """A measured ledger line: the fields every stage writes (zero here), then the test's own."""
+    base = {"usd": 0.0, "wall_s": 1.0, "device_hours": 0.0, "prompt_tokens": 0, "output_tokens": 0, "trained_tokens": 0}
+    return {"stage": stage, "kind": "measured", **base, **fields}
+
+
 def _run(tmp: Path, n: int) -> Path:
     """A run directory of n examples whose ledger times are what TRUTH predicts."""
     d = tmp / f"n{n}"
     d.mkdir(parents=True)
     (d / "pipeline.yaml").write_text(yaml.safe_dump({**PIPE, "generate": {"examples": n}}))
-    files.append_jsonl(d / meter.LEDGER, {"stage": "generate", "kind": "measured", "requests": n // 2,
-                                         "prompt_tokens": n * 250, "output_tokens": n * 190, "kept": n, "wall_s": 1.0})
-    files.append_jsonl(d / meter.LEDGER, {"stage": "finetune", "kind": "measured", "trained_tokens": n * 200,
-                                         "examples": n, "wall_s": 1.0})
+    files.append_jsonl(d / meter.LEDGER, _line("generate", requests=n // 2, prompt_tokens=n * 250,
+                                               output_tokens=n * 190, kept=n))
+    files.append_jsonl(d / meter.LEDGER, _line("finetune", trained_tokens=n * 200, examples=n))
     rows = meter.ledger(d)
     for o, r in zip(observations(d), rows, strict=True):
         r["wall_s"] = predict_s(o, TRUTH)

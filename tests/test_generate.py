@@ -47,7 +47,7 @@ def pipeline(base_url: str, **generate) -> object:
     return parse_pipeline({
         "name": "t", "student": {"model": "packaged:gemma-3-270m"},
         "teacher": {"model": "gpt-4o-mini", "backend": "openai", "base_urls": [base_url], "chat": False,
-                    "max_concurrency": 1, "max_retries": 1, "retry_backoff_s": 0.01},
+                    "max_concurrency": 1, "max_retries": 1},
         "generate": {"mode": "self-instruct", "examples": 10, "max_tokens": 512, "seed": 3, "held_out_fraction": 0.1,
                      **generate},
     })
@@ -101,7 +101,7 @@ def test_max_usd_stops_cleanly_then_resumes_without_duplicates(tmp_path):
         assert log_indices(tmp_path) == [0, 1, 2] and not (data / "done.json").exists()
         assert len(dataset.read_log(data)) == 3 and "no (stopped early" in (data / "README.md").read_text()
         first = (data / dataset.LOG).read_text()
-        with pytest.raises(UserError, match="seed=3"):  # other settings would mix two datasets
+        with pytest.raises(UserError, match=r"other settings \(seed: 3 -> 4\)"):  # they would mix two datasets
             run_generate(pipeline(srv.base_url, examples=20, seed=4), tmp_path, progress=False)
         stats = run_generate(cfg, tmp_path, progress=False)
     assert stats["complete"] and stats["train_rows"] == 20

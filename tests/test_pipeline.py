@@ -10,7 +10,7 @@ import pytest
 from replicate import files, meter
 from replicate.config import parse_pipeline
 from replicate.errors import BudgetExceeded, UserError
-from replicate.pipeline import remaining_usd, run_stage
+from replicate.pipeline import budget_left, run_stage
 from replicate.rundir import run_lock, write_resolved
 
 TRY_LOCK = """
@@ -23,6 +23,13 @@ try:
 except UserError as e:
     print('refused:', e)
 """
+
+
+def spend(run_dir: Path, stage: str, usd: float) -> None:
+    """A measured ledger line as a stage writes it (every field the ledger's reader requires)."""
+    files.append_jsonl(run_dir / meter.LEDGER, {"stage": stage, "kind": "measured", "usd": usd, "wall_s": 1.0,
+                                               "device_hours": 1 / 3600, "prompt_tokens": 0, "output_tokens": 0,
+                                               "trained_tokens": 0})
 
 
 def _cfg(**budget):
@@ -67,16 +74,16 @@ def test_resume_refuses_changed_settings_but_accepts_a_new_budget(tmp_path):
 
 def test_budget_guard_counts_measured_lines_only_and_stops_before_a_stage(tmp_path):
     meter.write_estimate(tmp_path, "generate", usd=100.0)  # an estimate is not spending
-    files.append_jsonl(tmp_path / meter.LEDGER, {"stage": "generate", "kind": "measured", "usd": 0.6})
-    files.append_jsonl(tmp_path / "n50" / meter.LEDGER, {"stage": "finetune", "kind": "measured", "usd": 0.3})
+    spend(tmp_path, "generate", 0.6)
+    spend(tmp_path / "n50", "finetune", 0.3)
     assert meter.spent_usd(tmp_path, with_sweep=True) == pytest.approx(0.9)
     cfg = _cfg(max_usd=1.0)
-    assert remaining_usd(cfg, tmp_path) == pytest.approx(0.1)
+    assert budget_left(cfg, tmp_path, "finetune") == pytest.approx(0.1)
     seen = []
     run_stage("finetune", 2, tmp_path, lambda left: seen.append(left) or {}, budget=(cfg, tmp_path))
     assert seen == [pytest.approx(0.1)]  # the stage is handed what is left
-    files.append_jsonl(tmp_path / meter.LEDGER, {"stage": "finetune", "kind": "measured", "usd": 0.2})
-    with pytest.raises(BudgetExceeded, match="raise it"):
+    spend(tmp_path, "finetune", 0.2)
+    with pytest.raises(BudgetExceeded, match=r"is spent before evaluate.*raise --max-usd"):
         run_stage("evaluate", 3, tmp_path, lambda left: seen.append(left), budget=(cfg, tmp_path))
     assert len(seen) == 1
 
@@ -110,5 +117,6 @@ def test_run_refuses_before_creating_anything_when_the_estimate_is_over_budget(t
                           "--set", "budget.max_usd=0.0001", "--run-dir", str(run_dir)],
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 2
-    assert "over budget.max_usd = $0.00" in out.stderr and len(out.stderr.strip().splitlines()) <= 2
+    assert "over the budget (--max-usd / budget.max_usd = $0.0001)" in out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 2
     assert not run_dir.exists()

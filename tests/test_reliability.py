@@ -246,9 +246,10 @@ def test_a_spent_budget_stops_the_run_cleanly_with_a_report(tiny):
     # An earlier attempt already spent more than budget.max_usd ($0.50) on this directory.
     run_dir.mkdir()
     (run_dir / "ledger.jsonl").write_text(json.dumps({"stage": "generate", "kind": "measured", "usd": 0.6,
-                                                      "wall_s": 1.0, "device_hours": 1 / 3600}) + "\n")
+                                                      "wall_s": 1.0, "device_hours": 1 / 3600, "prompt_tokens": 0,
+                                                      "output_tokens": 0, "trained_tokens": 0}) + "\n")
     out = subprocess.run(_cmd(tiny["a"], run_dir), capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode == 2 and "budget.max_usd is spent before generate" in out.stderr
+    assert out.returncode == 2 and "budget.max_usd = $0.5) is spent before generate" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (run_dir / "data").exists()  # nothing started
     assert "Cost: estimated vs measured" in (run_dir / "report.md").read_text()

@@ -126,17 +126,17 @@ def test_openai_backend_spreads_load_over_two_real_servers(two_servers, teacher_
 def test_openai_retries_429_and_500_then_succeeds_and_never_logs_key(monkeypatch):
     monkeypatch.setenv("TEACHER_KEY", "sk-very-secret")
     with ScriptedServer(script=[(429, None), (500, None)], reply=lambda b: " four") as srv:
-        t = OpenAIEngine("m", base_urls=[srv.base_url], api_key_env="TEACHER_KEY", chat=False, backoff_s=0.01)
+        t = OpenAIEngine("m", base_urls=[srv.base_url], api_key_env="TEACHER_KEY", chat=False)
         out = t.complete(["two plus two is"], Sampling(max_tokens=5, stop=("\n",)))[0]
         assert out.text == " four" and out.output_tokens == 1 and out.prompt_tokens == 4
         assert len(srv.requests) == 3  # 429, 500, then the answer
-        assert srv.requests[0]["headers"]["Authorization"] == "Bearer sk-very-secret"
+        assert srv.requests[0]["headers"]["authorization"] == "Bearer sk-very-secret"
         body = srv.requests[-1]["body"]
         assert body["max_tokens"] == 5 and body["stop"] == ["\n"] and "seed" in body
         assert "secret" not in repr(t)
     # A client error is not retried, and the message carries the server's words but not the key.
     with ScriptedServer(script=[(400, "bad request: key sk-very-secret rejected")]) as srv:
-        t = OpenAIEngine("m", base_urls=[srv.base_url], api_key_env="TEACHER_KEY", chat=False, backoff_s=0.01)
+        t = OpenAIEngine("m", base_urls=[srv.base_url], api_key_env="TEACHER_KEY", chat=False)
         with pytest.raises(UserError, match="HTTP 400") as e:
             t.complete(["x"], Sampling(max_tokens=5))
         assert "sk-very-secret" not in str(e.value) and len(srv.requests) == 1
@@ -144,7 +144,7 @@ def test_openai_retries_429_and_500_then_succeeds_and_never_logs_key(monkeypatch
 
 def test_openai_unreachable_server_is_a_clear_error():
     url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
-    t = OpenAIEngine("m", base_urls=[url], chat=False, max_retries=2, backoff_s=0.01)
+    t = OpenAIEngine("m", base_urls=[url], chat=False, max_retries=2)
     t0 = time.perf_counter()
     with pytest.raises(Unreachable, match=r"127\.0\.0\.1.*after 2 retries.*rerun the same command"):
         t.complete(["x"], Sampling(max_tokens=5))

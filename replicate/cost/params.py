@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from pathlib import Path
 
 from replicate import files
@@ -122,6 +123,8 @@ FITTABLE: dict[str, str] = {
     "finetune_startup_s": "finetune: seconds before the first step (weight loading apart)",
 }
 
+FRACTIONS = ("decode_efficiency", "generate_mfu", "train_mfu")  # shares of a peak: (0, 1]
+
 # Range of a prediction: device time within the tolerance the published runs are tested at (1.5x),
 # narrower once calibrated on the same device; API bills scale with token counts (+-25 %).
 DEVICE_RANGE, CALIBRATED_RANGE, API_RANGE = (1 / 1.5, 1.5), (0.8, 1.25), (0.8, 1.25)
@@ -141,8 +144,10 @@ def check_calibration(data: dict, source: str = "calibration") -> dict:
                 continue
             if k not in FITTABLE:
                 raise UserError(f"{source}: devices.{dev}.{k}: not a fittable parameter (known: {', '.join(FITTABLE)})")
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-                raise UserError(f"{source}: devices.{dev}.{k}: expected a positive number, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                raise UserError(f"{source}: devices.{dev}.{k}: expected a finite positive number, got {v!r}")
+            if k in FRACTIONS and v > 1:  # a share of the device's peak: above 1 the catalog's peak is wrong
+                raise UserError(f"{source}: devices.{dev}.{k}: a fraction of the device's peak, at most 1, got {v!r}")
     return data
 
 

@@ -37,8 +37,7 @@ def open_engine(cfg: config.Teacher, *, max_in_flight: int | None = None, layout
 
         return OpenAIEngine(
             cfg.model, base_urls=cfg.base_urls, api_key_env=cfg.api_key_env, chat=cfg.chat,
-            max_concurrency=cfg.max_concurrency, max_retries=cfg.max_retries,
-            timeout_s=cfg.request_timeout_s, backoff_s=cfg.retry_backoff_s,
+            max_concurrency=cfg.max_concurrency, max_retries=cfg.max_retries, timeout_s=cfg.request_timeout_s,
         )
     elif cfg.backend == "transformers":
         from replicate.engines.hf import HFEngine

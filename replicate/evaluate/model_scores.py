@@ -74,7 +74,7 @@ def token_scores(s: Scoring) -> dict:
         return {"note": "skipped: no open item with a teacher output to score"}
     cache = out_dir / "token_fidelity.jsonl"
     meta = {"models": {c.role: list(c.signature) for c in cons}}
-    rows = read_jsonl(cache)
+    rows = read_jsonl(cache, torn_ok=True)
     if not rows or rows[0].get("meta") != meta:
         cache.unlink(missing_ok=True)
         append_jsonl(cache, {"meta": meta})

@@ -32,11 +32,12 @@ from replicate.rouge import rouge_l_f
 
 
 def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = None,
-                 out_dir: Path | None = None, teacher=None) -> dict:
+                 out_dir: Path | None = None, teacher=None, max_usd: float | None = None) -> dict:
     """Evaluate base, student and teacher; returns the scores (also written to out_dir/scores.json).
 
     `teacher`: an already started teacher backend (replicate.engines.base.Backend) to reuse instead of
-    starting one from cfg.teacher (tests and sweeps share one engine); it is not closed here."""
+    starting one from cfg.teacher (tests and sweeps share one engine); it is not closed here.
+    `max_usd`: the most this call may spend (device time; the meter stops the stage, meter.stage)."""
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "eval"
     ev = cfg.evaluate
@@ -47,7 +48,8 @@ def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = Non
     out_dir.mkdir(parents=True, exist_ok=True)
     meter.recover(run_dir, "evaluate")  # a chunk killed without warning: its metered time, once
     usd_per_hour = generations.usd_per_device_hour(cfg)
-    with meter.stage(run_dir, "evaluate", usd_per_device_hour=usd_per_hour) as m, generations.progress() as bar:
+    with (meter.stage(run_dir, "evaluate", usd_per_device_hour=usd_per_hour, max_usd=max_usd) as m,
+          generations.progress() as bar):
         gen = generations.generate_all(cons, opens, probes, cfg, out_dir, bar, teacher_backend=teacher)
         m.add(prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens)
         m.add_usd(gen.api_usd)

@@ -9,15 +9,50 @@ metering.py counts tokens, time and money, checks.py says whether it fits and wh
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
-from replicate import files, meter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from replicate import files, meter, rundir
 from replicate.config import Pipeline
+from replicate.errors import UserError
 from replicate.finetune.checks import in_distributed_worker
 from replicate.finetune.launch import launch_processes
 from replicate.finetune.train import check_method, train
 
 __all__ = ["run_finetune"]
+
+SETTINGS = "settings.json"  # what the student (and its checkpoints) were trained with
+# Keys that do not change what is learned: a resume may change them.
+FREE = ("keep_checkpoints", "save_steps", "compile", "attn_implementation")
+
+
+def _settings(cfg: Pipeline, train_file: Path) -> dict:
+    """The student model, the fine-tuning settings and the exact training data (its sha256)."""
+    digest = hashlib.sha256(train_file.read_bytes()).hexdigest()[:16] if train_file.is_file() else None
+    ft = {k: v for k, v in cfg.finetune.model_dump(mode="json").items() if k not in FREE}
+    return {"student": cfg.student.model, "finetune": ft, "train_data_sha256": digest}
+
+
+class TrainMetrics(BaseModel):
+    """student/train_metrics.json, the stage's done marker: the parts its readers rely on."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    global_step: int = Field(ge=0)
+    trained_tokens: int = Field(ge=0)
+    usd: float = Field(0.0, ge=0)
+
+
+def read_metrics(path: Path) -> dict:
+    metrics = files.read_json_object(path, "")
+    try:
+        TrainMetrics.model_validate(metrics)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']} (not the metrics `replicate "
+                        f"finetune` writes: delete {path.parent} to train the student again)") from None
+    return metrics
 
 
 def run_finetune(cfg: Pipeline, run_dir: Path, *, train_file: Path | None = None,
@@ -27,10 +62,15 @@ def run_finetune(cfg: Pipeline, run_dir: Path, *, train_file: Path | None = None
     out_dir = Path(out_dir) if out_dir else run_dir / "student"
     train_file = Path(train_file) if train_file else run_dir / "data" / "train.jsonl"
     done = out_dir / "train_metrics.json"
+    settings = _settings(cfg, train_file)
+    if done.is_file() or any((out_dir / "checkpoints").glob("checkpoint-*")):  # something would be reused
+        rundir.check_settings(out_dir / SETTINGS, settings, "a student")
     if done.is_file():
-        return files.read_json(done, "")
+        return read_metrics(done)
     check_method(cfg.finetune.method)
     meter.recover(run_dir, "finetune")  # a chunk killed without warning: its metered time, once
+    if settings["train_data_sha256"]:  # what the checkpoints to come are made with (no data: train() says so)
+        files.write_json(out_dir / SETTINGS, settings)
     if cfg.finetune.hardware.count > 1 and not in_distributed_worker():
         return launch_processes(cfg, run_dir, train_file, out_dir, max_usd)
     return train(cfg, run_dir, train_file, out_dir, max_usd)

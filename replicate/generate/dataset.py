@@ -17,7 +17,9 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from replicate import cards, files
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from replicate import cards, files, rundir
 from replicate.errors import UserError
 
 LOG = "log.jsonl"
@@ -27,23 +29,56 @@ ALPACA_KEYS = ("instruction", "input", "output")
 
 
 def check_settings(data_dir: Path, settings: dict) -> None:
-    """Record the settings on the first run; refuse to resume data made with other settings."""
-    path = data_dir / SETTINGS
-    if not path.exists():
-        files.write_json(path, settings)
-        return
-    old = files.read_json(path, "")
-    changed = [k for k in settings if k in old and old[k] != settings[k]]
-    if changed:
-        k = changed[0]
-        raise UserError(
-            f"{data_dir} was generated with {k}={old[k]!r}, the pipeline now says {settings[k]!r}: "
-            "use another --run-dir (or delete its data/) to generate anew"
-        )
+    """Refuse to resume (or reuse) data made with other settings."""
+    rundir.check_settings(data_dir / SETTINGS, settings, "generated data")
+
+
+def record_settings(data_dir: Path, settings: dict) -> None:
+    """The settings the data is made with, written when the stage starts work (once)."""
+    if not (data_dir / SETTINGS).exists():
+        files.write_json(data_dir / SETTINGS, settings)
+
+
+class AlpacaRow(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    instruction: str
+    input: str
+    output: str
+
+
+class LogLine(BaseModel):
+    """One line of data/log.jsonl: a finished request (what a resume rebuilds everything from)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    index: int = Field(ge=0)
+    request_id: str
+    chunk: str
+    empty: bool
+    parsed: int = Field(ge=0)
+    prompt_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    t: float = Field(ge=0)
+    usd_api: float = Field(ge=0)
+    dropped: dict[str, int]
+    rows: list[AlpacaRow]
 
 
 def read_log(data_dir: Path) -> list[dict]:
-    return files.read_jsonl(data_dir / LOG)
+    """The validated request log; a line that is not one this stage wrote is a UserError."""
+    path = data_dir / LOG
+    if not path.exists():
+        return []
+    out = []
+    for lineno, row in files.jsonl_rows(path, "", torn_ok=True):
+        try:
+            LogLine.model_validate(row)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "(line)"
+            raise UserError(f"{path}:{lineno}: {where}: {err['msg']}; not a line `replicate generate` wrote: "
+                            f"fix or delete it (or delete {data_dir} to generate anew)") from None
+        out.append(row)
+    return out
 
 
 def rows_needed(examples: int, held_out_fraction: float) -> int:
@@ -146,7 +181,28 @@ def write_done(data_dir: Path, stats: dict) -> None:
     files.write_json(data_dir / DONE, stats)
 
 
+class Done(BaseModel):
+    """data/done.json: the stage's stats, written last (the parts a resume and a sweep read)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    train_rows: int = Field(ge=0)
+    held_out_rows: int = Field(ge=0)
+    requests: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    usd: float = Field(ge=0)
+    exhausted: bool = False
+
+
 def read_done(data_dir: Path) -> dict | None:
     path = data_dir / DONE
-    return files.read_json(path, "") if path.exists() else None
+    if not path.exists():
+        return None
+    done = files.read_json_object(path, "")
+    try:
+        Done.model_validate(done)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}; delete it to let generate "
+                        "rebuild it from data/log.jsonl") from None
+    return done
 

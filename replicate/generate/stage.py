@@ -11,6 +11,18 @@ engine has room, and each finished completion is parsed, filtered and appended t
 (one write + fsync) before it counts. Request i is a pure function of (seed, i), so the log's
 set of finished indices is all the RNG state a resume needs: a rerun redoes the holes a kill
 left (requests that were in flight), then goes on. Files: see dataset.py.
+
+Resume checks the settings first (data/generation.json, dataset.check_settings): data made with
+another teacher, temperature, seed... is never reused or extended, even when it is complete.
+
+Budget (`max_usd`, what this call may spend), a hard ceiling, two ways:
+- an API teacher is priced per token: every request reserves its worst case before it is sent
+  (prompt-token bound + max_tokens, engines.base.prompt_token_bound) and settles to its real
+  usage when it finishes; a request whose worst case does not fit beside those in flight is
+  not sent. E.g. $0.01 left, gpt-4o-mini ($0.15/M in, $0.60/M out), 2,000-byte prompts and
+  max_tokens 1024: (2,128 x 0.15 + 1,024 x 0.60) / 1e6 = $0.00093 each -> at most 10 in flight.
+- a self-hosted teacher is priced per device-hour: the meter's watchdog stops the chunk before
+  its device time would pass the budget (meter.stage, max_usd).
 """
 from __future__ import annotations
 
@@ -22,6 +34,7 @@ from pathlib import Path
 from replicate import files, meter
 from replicate.config import Pipeline
 from replicate.engines import Backend, Completion, Request, Sampling
+from replicate.engines.base import prompt_token_bound
 from replicate.errors import BudgetExceeded, UserError
 from replicate.generate import dataset
 from replicate.generate.modes import make_mode
@@ -64,25 +77,24 @@ def run_generate(cfg: Pipeline, run_dir: Path, *, max_usd: float | None = None,
     data_dir = run_dir / "data"
     g = cfg.generate
     examples = min(g.examples, limit_examples or g.examples)
+    dataset.check_settings(data_dir, _settings(cfg))  # first: finished data made otherwise is not reused either
     done = dataset.read_done(data_dir)
+    log = dataset.read_log(data_dir)  # validated before anything starts, even when the stage is done
     if done and (done["train_rows"] >= examples or done.get("exhausted")):
         return done  # finished earlier: nothing to redo
     if g.mode == "none":
         return _reuse(cfg, data_dir, examples)
     mode = make_mode(cfg)  # reads and checks the input files before any engine starts
-    dataset.check_settings(data_dir, _settings(cfg))
-    log = dataset.read_log(data_dir)
+    dataset.record_settings(data_dir, _settings(cfg))
     recovered_usd = meter.recover(run_dir, "generate", dataset.exact_counts(log))  # a killed chunk's line, once
     if max_usd is not None:
         max_usd -= recovered_usd  # the caller's allowance was computed without it
         if max_usd <= 0:
-            raise BudgetExceeded("the budget is spent before generate could continue: raise it and rerun to resume")
+            raise BudgetExceeded("the budget is spent before generate could continue: raise --max-usd and rerun "
+                                 "the same command to resume")
     tally = Tally()
     for rec in log:
         tally.add(rec)
-    if max_usd is not None and tally.requests and max_usd < _spent(run_dir) / tally.requests:
-        raise BudgetExceeded(f"${max_usd:.4g} of budget left is less than one more request costs "
-                             f"(${_spent(run_dir) / tally.requests:.4g} each so far): raise it and rerun to resume")
     (data_dir / dataset.DONE).unlink(missing_ok=True)  # the target grew: the stage is open again
     mode.restore(tally.rows)
     run = _Run(cfg, run_dir, mode, tally, dataset.rows_needed(examples, g.held_out_fraction), max_usd)
@@ -110,6 +122,7 @@ class _Run:
         self.holes = [i for i in range(top) if i not in tally.done]  # in flight when a run was killed
         self.next = top
         self.in_flight: dict[str, tuple[int, dict]] = {}  # request id -> (index, prompt metadata)
+        self.reserved: dict[str, float] = {}  # request id -> worst-case dollars held for it (API)
         self.stop: str | None = None
         self.prior_usd, self.prior_requests = _spent(run_dir), tally.requests
         self.usd_h, self.api, self.price_note = _pricing(cfg)
@@ -126,6 +139,10 @@ class _Run:
         """Dollars of this call (what `max_usd` limits)."""
         return self.m.usd_so_far()
 
+    def worst_case_usd(self, req: Request) -> float:
+        """What an API request can cost at most: its prompt-token bound and every output token."""
+        return self.api.usd(prompt_token_bound(req.prompt), self.cfg.generate.max_tokens)
+
     def feed(self, free: int) -> list[Request]:
         """Up to `free` more requests, while the target, the budget and the input allow."""
         kept, t = len(self.tally.rows), self.tally
@@ -137,21 +154,21 @@ class _Run:
         # Requests still useful at the yield so far (kept rows per request; 1 before any), +10%.
         per_request = kept / t.requests if t.requests else 1.0
         n = min(free, max(math.ceil((self.needed - kept) / max(per_request, 0.05) * 1.1) - len(self.in_flight), 0))
-        if self.max_usd is not None and (t.requests or self.api):
-            # Dollars per request (the mean so far; before any, an API's price of max_tokens of
-            # output) -> how many more fit, counting those in flight.
-            per = (self.prior_usd + self.spent()) / t.requests if t.requests else \
-                self.api.usd(0, self.cfg.generate.max_tokens)
-            n = min(n, max(math.floor((self.max_usd - self.spent()) / per) - len(self.in_flight), 0))
-            if n == 0 and not self.in_flight:
-                self.stop = "budget"
         out = []
         while len(out) < n and (self.holes or self.next < self.limit):
-            if self.holes:
-                i = self.holes.pop(0)
-            else:
-                i, self.next = self.next, self.next + 1
+            i = self.holes[0] if self.holes else self.next
             req, meta = self.mode.request(i)
+            if self.api is not None:  # reserve-then-settle: spent + every reservation, this one included, must fit
+                worst = self.worst_case_usd(req)
+                if self.max_usd is not None and self.spent() + sum(self.reserved.values()) + worst > self.max_usd:
+                    if not self.in_flight:
+                        self.stop = "budget"  # not even one more request fits
+                    break
+                self.reserved[req.request_id] = worst  # also what a cancelled request may have cost
+            if self.holes:
+                self.holes.pop(0)
+            else:
+                self.next += 1
             self.in_flight[req.request_id] = (i, meta)
             out.append(req)
         return out
@@ -159,6 +176,7 @@ class _Run:
     def record(self, c: Completion) -> None:
         """Parse and filter one completion; its log line is durable before anything counts it."""
         i, meta = self.in_flight.pop(c.request_id)
+        self.reserved.pop(c.request_id, None)  # settled below at its real usage
         parsed, kept, dropped = self.mode.rows(i, c)
         usd_api = self.api.usd(c.prompt_tokens, c.output_tokens) if self.api else 0.0
         rec = {"index": i, "request_id": c.request_id, "rng": {"seed": self.cfg.generate.seed, "index": i}, **meta,
@@ -172,14 +190,20 @@ class _Run:
         self.m.add(prompt_tokens=c.prompt_tokens, output_tokens=c.output_tokens, requests=1, parsed=parsed,
                    kept=len(kept))
         self.m.set(dropped=dataset.add_counts(self.m.fields["dropped"], dropped))
-        if self.max_usd is not None and self.spent() > self.max_usd:
-            self.stop = "budget"  # in-flight requests finish; nothing new starts
 
     def go(self, teacher: Backend | None, progress: bool) -> str | None:
+        """The chunk under the budget; returns why it stopped (None: target reached or input exhausted)."""
+        try:
+            self._go(teacher, progress)
+        except BudgetExceeded:  # the meter's watchdog: device time would pass max_usd
+            self.stop = "budget"
+        return self.stop
+
+    def _go(self, teacher: Backend | None, progress: bool) -> None:
         """Meter the chunk, engine start-up and shutdown included (device time paid for)."""
         g, t = self.cfg.generate, self.cfg.teacher
         api = t.backend == "openai"
-        with meter.stage(self.run_dir, "generate", usd_per_device_hour=self.usd_h,
+        with meter.stage(self.run_dir, "generate", usd_per_device_hour=self.usd_h, max_usd=self.max_usd,
                          device=f"api: {t.model}" if api else None, num_devices=1 if api else t.hardware.count) as self.m:
             self.m.set(mode=g.mode, teacher=t.model, backend=t.backend, resumed=self.tally.requests > 0,
                        requests=0, parsed=0, kept=0, dropped={}, startup_s=0.0)
@@ -206,19 +230,23 @@ class _Run:
                     self.record(c)
                     bar.update(len(self.tally.rows), tokens_per_s=self.m.fields["output_tokens"] / self.m.wall_s,
                                usd=self.prior_usd + self.spent())
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM: requests in flight were cancelled, maybe billed
+                if self.reserved:
+                    self.m.set(unsettled_usd=sum(self.reserved.values()))
+                raise
             finally:
                 bar.close()
                 if own:
                     teacher.close()
-        return self.stop
 
 
 def _settings(cfg: Pipeline) -> dict:
     """What must not change between a run and its resume (the rows would mix two datasets)."""
     t, g = cfg.teacher, cfg.generate
-    return {"mode": g.mode, "structured": g.structured, "teacher": t.model, "chat": t.chat, "seed": g.seed,
-            "temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens,
-            "seed_tasks_file": g.seed_tasks_file, "instructions_file": g.instructions_file}
+    return {"mode": g.mode, "structured": g.structured, "teacher": t.model, "backend": t.backend, "chat": t.chat,
+            "seed": g.seed, "temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens,
+            "held_out_fraction": g.held_out_fraction, "seed_tasks_file": g.seed_tasks_file,
+            "instructions_file": g.instructions_file}
 
 
 def _spent(run_dir: Path) -> float:
@@ -284,6 +312,7 @@ def _reuse(cfg: Pipeline, data_dir: Path, examples: int) -> dict:
     if not cfg.generate.instructions_file:
         raise UserError("generate.instructions_file: mode none needs an Alpaca JSONL file to reuse")
     rows = si.load_instructions(cfg.generate.instructions_file, require_output=True)
+    dataset.record_settings(data_dir, _settings(cfg))
     needed = dataset.rows_needed(examples, cfg.generate.held_out_fraction)
     train_n, held_n = dataset.write_dataset(data_dir, rows[:needed], cfg.generate.held_out_fraction)
     stats = {"name": cfg.name, "mode": "none", "source": cfg.generate.instructions_file, "train_rows": train_n,

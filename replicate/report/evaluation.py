@@ -9,24 +9,39 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from replicate import files, tables
+from replicate.errors import UserError
 
 SCORES = "scores.json"
 DEFINITION = ("gap_closed = (student - base) / (teacher - base): 0 = the base, 1 = the teacher; illusion gap = "
               "gap_closed[fidelity or style] - gap_closed[capability].")
 
 
+class Scores(BaseModel):
+    """What every reader of scores.json relies on (the rest is free-form, evaluate/stage.py writes it)."""
+
+    model_config = ConfigDict(extra="allow")
+    metrics: dict[str, dict[str, Any]] = Field(min_length=1)
+    gap_closed: dict[str, Any]
+    counts: dict[str, Any]
+
+
 def read_scores(run_dir: str | Path) -> dict | None:
     """A run's eval/scores.json, or None when the evaluation has not finished."""
     path = Path(run_dir) / "eval" / SCORES
-    if not path.is_file():
+    if not path.exists():
         return None
-    scores = files.read_json(path, "")
-    if not isinstance(scores, dict):
-        from replicate.errors import UserError
-
-        raise UserError(f"{path}: expected a JSON object of scores, got {type(scores).__name__}")
+    scores = files.read_json_object(path, "")
+    try:
+        Scores.model_validate(scores)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']} (not the scores `replicate "
+                        "evaluate` writes: delete it and rerun evaluate)") from None
     return scores
 
 
