@@ -61,13 +61,24 @@ def read_text(path: str | Path, missing: str) -> str:
         raise UserError(f"{path}: cannot be read ({e.strerror})") from None
 
 
-class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
-    silently keeps the last one, so a typo'd second `epochs:` would win unseen). libyaml's C
-    parser when PyYAML has it: 10x faster, so `plan` and `estimate` answer in well under a second."""
+def _strict_loader(base: type) -> type:
+    """`base` (a PyYAML safe loader), except that a key given twice in one mapping is an error
+    (PyYAML silently keeps the last one, so a typo'd second `epochs:` would win unseen) and YAML
+    1.2 floats such as 2e-4 are numbers."""
+
+    class Loader(base):
+        pass
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+    # YAML 1.2 floats without a dot or an exponent sign (1e30, 2e-4): YAML 1.1 reads them as strings,
+    # so `learning_rate: 2e-4` would be refused as "not a number".
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+        list("-+.0123456789"))
+    return Loader
 
 
-def _mapping_without_duplicates(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _mapping_without_duplicates(loader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: set = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -78,12 +89,11 @@ def _mapping_without_duplicates(loader: _UniqueKeyLoader, node: yaml.MappingNode
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-# YAML 1.2 floats without a dot or an exponent sign (1e30, 2e-4): YAML 1.1 reads them as strings,
-# so `learning_rate: 2e-4` would be refused as "not a number".
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+.0123456789"))
+_UniqueKeyLoader = _strict_loader(yaml.SafeLoader)
+# libyaml's C parser, when PyYAML has it, for the shipped budget tables: 10x faster, so `plan` and
+# `estimate` answer in well under a second. Its complaints are vaguer, so a file it refuses is read
+# again with the Python parser for the message.
+_FastLoader = _strict_loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -93,8 +103,14 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
 
-def parse_yaml(text: str, source: str) -> Any:
-    """YAML text -> data (safe tags only, no duplicate keys); the parser's complaint as a UserError."""
+def parse_yaml(text: str, source: str, *, fast: bool = False) -> Any:
+    """YAML text -> data (safe tags only, no duplicate keys); the parser's complaint as a UserError.
+    `fast`: libyaml's parser first (large files the program ships)."""
+    if fast:
+        try:
+            return yaml.load(text, Loader=_FastLoader)
+        except (yaml.YAMLError, RecursionError):
+            pass  # the Python parser below says what is wrong, and where
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
@@ -103,8 +119,8 @@ def parse_yaml(text: str, source: str) -> Any:
         raise UserError(f"{source}: not valid YAML: nested too deeply") from None
 
 
-def read_yaml(path: str | Path, missing: str) -> Any:
-    return parse_yaml(read_text(path, missing), str(path))
+def read_yaml(path: str | Path, missing: str, *, fast: bool = False) -> Any:
+    return parse_yaml(read_text(path, missing), str(path), fast=fast)
 
 
 def _finite_float(text: str) -> float:

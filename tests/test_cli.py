@@ -94,7 +94,7 @@ def test_report_and_calibrate_print_json(tmp_path, capsys):
     meter.write_estimate(run, "finetune", device_hours=0.01, wall_s=36, usd=0.001)
     files.append_jsonl(run / meter.LEDGER, {"stage": "finetune", "kind": "measured", "device": "cpu", "num_devices": 1,
                                             "wall_s": 40, "device_hours": 40 / 3600, "usd": 0.0011,
-                                            "trained_tokens": 4000})
+                                            "prompt_tokens": 0, "output_tokens": 0, "trained_tokens": 4000})
     assert main(["report", str(run), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["totals"]["measured"]["usd"] == pytest.approx(0.0011)

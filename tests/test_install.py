@@ -61,7 +61,8 @@ def test_wheel_reports_a_run_from_another_directory(installed, tmp_path):
     run.mkdir(parents=True)
     lines = [{"stage": "generate", "kind": "estimate", "device_hours": 0.01, "wall_s": 36, "usd": 0.001},
              {"stage": "generate", "kind": "measured", "device": "cpu", "num_devices": 1, "wall_s": 40,
-              "device_hours": 40 / 3600, "usd": 0.0011, "output_tokens": 4000}]
+              "device_hours": 40 / 3600, "usd": 0.0011, "prompt_tokens": 0, "output_tokens": 4000,
+              "trained_tokens": 0}]
     (run / "ledger.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = subprocess.run([str(exe), "report", "run", "--json"], cwd=run.parent, env=env, capture_output=True,
                          text=True, check=False)

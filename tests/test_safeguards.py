@@ -154,7 +154,7 @@ def test_a_signal_cancels_api_requests_in_flight_and_the_rerun_resumes(tmp_path,
         sent = [r["body"]["prompt"] for r in slow.requests]
     assert proc.returncode == code and took < 5, (took, err[-2000:])
     assert words in err and "Traceback" not in err
-    [line] = meter.ledger(run_dir)
+    [line] = meter.measured(meter.ledger(run_dir))
     assert line["interrupted"] and line["requests"] == 0 and len(sent) == 4
     worst = sum(PRICE.usd(prompt_token_bound(p), 64) for p in sent)
     assert line["unsettled_usd"] == pytest.approx(worst)  # the provider may bill them: the budget counts them
@@ -212,15 +212,16 @@ def test_a_torn_ledger_line_is_moved_aside_and_never_swallows_the_next(tmp_path)
         assert _cli("generate", str(path), "--run-dir", str(run_dir)).returncode == 0
         ledger = run_dir / meter.LEDGER
         good = ledger.read_bytes()
-        torn = good[: len(good) // 2].rstrip(b"\n")  # a copy of the line, cut mid-way: the crash
+        last = good.rstrip(b"\n").rsplit(b"\n", 1)[-1]  # the chunk's measured line
+        torn = last[: len(last) // 2]  # a copy of it, cut mid-way: the crash
         ledger.write_bytes(good + torn)
-        assert len(meter.ledger(run_dir)) == 1  # readers skip the torn tail
+        assert len(meter.measured(meter.ledger(run_dir))) == 1  # readers skip the torn tail
         _write_yaml(path, _pipeline(tmp_path, srv.base_url))  # 12 examples now: the stage resumes
         out = _cli("generate", str(path), "--run-dir", str(run_dir))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ended in a torn line" in out.stderr and "ledger.jsonl.torn" in out.stderr
     assert (run_dir / "ledger.jsonl.torn").read_bytes() == torn + b"\n"
-    lines = meter.ledger(run_dir)
+    lines = meter.measured(meter.ledger(run_dir))
     assert len(lines) == 2 and lines[1]["resumed"]  # the new line was not glued to the torn one
     assert meter.spent_usd(run_dir) == pytest.approx(lines[0]["usd"] + lines[1]["usd"])
     assert _cli("report", str(run_dir)).returncode == 0

@@ -33,7 +33,7 @@ def _table(name: str) -> dict:
     path = budgets_dir() / name
     if not path.is_file():
         raise UserError(f"{path}: missing budget table (set REPLICATE_BUDGETS to the budgets/ folder)")
-    data = files.read_yaml(path, "missing budget table")
+    data = files.read_yaml(path, "missing budget table", fast=True)
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping")
     return data
