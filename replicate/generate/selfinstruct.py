@@ -26,6 +26,7 @@ from pathlib import Path
 
 from replicate.errors import UserError
 from replicate.files import jsonl_rows
+from replicate.generate.contamination import Contamination
 from replicate.generate.dedup import RougeDedup
 from replicate.prompts import alpaca_prompt, user_message
 
@@ -149,6 +150,7 @@ class FilterStats:
     punctuation_start: int = 0  # starts with punctuation
     non_ascii_start: int = 0  # first character not ASCII
     empty_output: int = 0  # no output after "N. Output:" (not Alpaca's; nothing to train on)
+    contaminated: int = 0  # ROUGE-L F > 0.7 against an evaluation item (instruction + input)
     similar: int = 0  # ROUGE-L F > 0.7 against a seed or a kept instruction
     kept: int = 0
 
@@ -215,9 +217,12 @@ class Filters:
     compared with each other too)."""
 
     def __init__(self, seeds: Iterable[SeedTask | str], kept: Iterable[dict | str] = (), *,
-                 threshold: float = SIMILARITY_THRESHOLD, stats: FilterStats | None = None):
-        """seeds: seed tasks (or their instructions); kept: rows accepted by an earlier run."""
+                 threshold: float = SIMILARITY_THRESHOLD, stats: FilterStats | None = None,
+                 eval_items: Iterable[str] = ()):
+        """seeds: seed tasks (or their instructions); kept: rows accepted by an earlier run;
+        eval_items: evaluation items (task_text) that no kept row may come near."""
         self.dedup = RougeDedup([_instruction(x) for x in (*seeds, *kept)], threshold)
+        self.contamination = Contamination(eval_items, threshold)
         self.stats = stats if stats is not None else FilterStats()
 
     def keep(self, row: dict) -> bool:
@@ -243,6 +248,8 @@ class Filters:
         reason = rule_violation(row["instruction"])
         if reason is None and "output" in row and not row["output"].strip():  # before dedup: not "kept so far"
             reason = "empty_output"
+        if reason is None and self.contamination.near(row):
+            reason = "contaminated"
         if reason is None and not self.dedup.add_if_novel(row["instruction"]):
             reason = "similar"
         if reason is None:
