@@ -199,9 +199,23 @@ def card_for(run_dir: Path, rep: dict) -> dict | None:
     if not ev:
         return None
     rows = meter.ledger(run_dir)
-    gen, ft = meter.measured(rows, "generate"), meter.measured(rows, "finetune")
+    ft = meter.measured(rows, "finetune")
     seeds = max(ev.get("seeds", 1), 1)  # a copier fine-tunes once: the mean over the seeds' runs
     n = len(files.read_jsonl(Path(run_dir) / "data" / "train.jsonl"))
-    usd = sum(r["usd"] for r in gen) + sum(r["usd"] for r in ft) / seeds
-    device_hours = sum(r["device_hours"] for r in gen) + sum(r["device_hours"] for r in ft) / seeds
+    gen_usd, gen_h = _generation_share(Path(run_dir), rows, n)
+    usd = gen_usd + sum(r["usd"] for r in ft) / seeds
+    device_hours = gen_h + sum(r["device_hours"] for r in ft) / seeds
     return card_from_run(ev, n, usd, device_hours, cfg) if n else None
+
+
+def _generation_share(run_dir: Path, rows: list[dict], n: int) -> tuple[float, float]:
+    """Dollars and device-hours of generating this run's n rows: its own generate lines, or, for a
+    sweep's size (data/done.json names the root's train.jsonl), its share of the root's."""
+    gen = meter.measured(rows, "generate")
+    done = run_dir / "data" / "done.json"
+    if not gen and done.is_file() and (source := files.read_json(done, "").get("subset_of")):
+        root = Path(source).parent.parent
+        total = len(files.read_jsonl(Path(source))) or 1
+        gen = [dict(r, usd=r["usd"] * n / total, device_hours=r["device_hours"] * n / total)
+               for r in meter.measured(meter.ledger(root), "generate")]
+    return sum(r["usd"] for r in gen), sum(r["device_hours"] for r in gen)
