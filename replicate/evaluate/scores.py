@@ -130,6 +130,8 @@ def score_metric(spec: MetricSpec, values: dict[str, np.ndarray], rs: I.Resample
         if "student" in draws:
             stats["gap"] = (draws["student"] - draws["base"]) / span
             out["gap_closed"] = summary(stats["gap"], gap_measurable=bool(measurable))
+            if out["gap_closed"]["mean"] is None:
+                out["gap_closed"]["why"] = f"{ceiling} == base: no gap to close"
         if "control" in draws:
             out["control_gap_closed"] = summary((draws["control"] - draws["base"]) / span)
     return out, stats

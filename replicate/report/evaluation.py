@@ -92,6 +92,7 @@ def summarize_scores(scores: dict) -> dict:
         ceiling = m.get("ceiling", "teacher")
         metrics.append({"name": name, "family": m.get("family"), "base": _value(m.get("base")),
                         "student": _value(m.get("student")), "teacher": _value(m.get("teacher")),
+                        "student_per_seed": (m.get("student") or {}).get("per_seed"),
                         "ceiling": ceiling, "ceiling_value": _value(m.get(ceiling)), "unit": m.get("unit", ""),
                         "student_minus_base": _stat(m.get("student_minus_base")),
                         "ceiling_minus_base": _stat(m.get("ceiling_minus_base")),
@@ -154,7 +155,10 @@ def eval_tables(ev: dict) -> tuple[tuple[list, list], tuple[list, list]]:
             ("" if m.get("headline", True) else " *")
         ceiling = "= teacher" if m["ceiling"] == "teacher" else f"{tables.num(m['ceiling_value'])} ({m['ceiling']})"
         gc = gap_text(m["gap_closed"], m["gap_closed_ci"], None, m.get("why"))
-        body.append([label, m["family"] or tables.MISSING, tables.num(m["base"]), tables.num(m["student"]),
+        student = tables.num(m["student"])
+        if m.get("student_per_seed"):
+            student += " (seeds: " + ", ".join(tables.num(x) for x in m["student_per_seed"]) + ")"
+        body.append([label, m["family"] or tables.MISSING, tables.num(m["base"]), student,
                      tables.num(m["teacher"]), ceiling, _native(m["student_minus_base"], m.get("unit", "")), gc,
                      measurable_text(m.get("gap_measurable"))])
     return (fhead, fbody), (head, body)
