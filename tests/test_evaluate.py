@@ -69,7 +69,8 @@ def _judge_body_text(body: dict) -> str:
 
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory, teacher_vllm, teacher_dir, tiny_dir, instructions):
-    """The teacher scored as its own student; the judge answers every third request unparseably."""
+    """The teacher scored as its own student; the judge prefers the teacher's answer in either
+    position (a consistent judge), and answers every third request unparseably."""
     run_dir = tmp_path_factory.mktemp("run-a")
     (run_dir / "data").mkdir()
     (run_dir / "data" / "held_out.jsonl").write_text(json.dumps(
@@ -80,7 +81,9 @@ def run_a(tmp_path_factory, teacher_vllm, teacher_dir, tiny_dir, instructions):
         if len(srv.requests) % 3 == 0:
             garbage["n"] += 1
             return "Hmm, hard to say."
-        return "A"
+        teacher = {r["output"] for r in read_jsonl(run_dir / "eval" / "generations" / "teacher.jsonl")[1:]}
+        a = _judge_body_text(body).split("### Response A:\n", 1)[1].split("\n\n### Response B:\n", 1)[0]
+        return "[[A]]" if a in teacher else "[[B]]"
 
     with ScriptedServer(reply=reply) as srv:
         cfg = _cfg(teacher_dir, tiny_dir, instructions, judge_url=srv.base_url, student_prompt="chat")
@@ -103,6 +106,8 @@ def test_teacher_as_its_own_student_reaches_every_ceiling(run_a):
         assert m[name]["student_minus_base"]["mean"] == pytest.approx(m[name]["ceiling_minus_base"]["mean"])
     assert s["gap_closed"]["token"]["mean"] == pytest.approx(1.0, abs=1e-6)
     assert s["gap_closed"]["fidelity"]["mean"] > 1
+    # the judge always preferred the teacher: its two orders agree wherever both were read
+    assert m["win_rate"]["base"]["mean"] == 0.0 and s["counts"]["judge"]["consistency"]["base"] == 1.0
     # bad input is counted, not fatal: the long prompt overflows only the tiny base's 256-token context
     c = s["counts"]
     assert c["skipped_context"] == {"teacher": 0, "base": 1, "student": 0}

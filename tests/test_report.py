@@ -93,7 +93,7 @@ def test_report_files_written_and_consistent(run_dir):
     md = paths["md"].read_text()
     assert "| generate |" in md and "(1.17x)" in md  # 210 s measured / 180 s estimated
     # intervals and measurability everywhere: tables and the headline
-    assert "| illusion gap (fidelity - capability) | 0.35 [0.27, 0.43] | not measurable |" in md
+    assert "| illusion gap (fidelity - capability) | 0.35 [0.27, 0.43] | not measurable |  |" in md
     assert "| accuracy_ood | capability |" in md and "+0.01 [-0.07, +0.09]" in md
     headline = md.split("\n")[4]
     assert "fidelity 0.40 [0.32, 0.48]" in headline and "capability 0.05 [-0.03, 0.13] (not measurable)" in headline

@@ -11,7 +11,8 @@ of the base's size, when configured). An item undefined for any model is dropped
                          other words), the teacher's score for every other metric
     gap_closed[m]      = (student - base) / (ceiling - base)         undefined if |ceiling - base| < 1e-9
     gap_measurable[m]  = the 95 % interval of ceiling - base excludes 0
-    gap_closed[family] = mean of gap_closed[m] over the family's headline metrics that are defined
+    gap_closed[family] = mean of gap_closed[m] over the family's headline metrics whose gap is
+                         measurable (all defined ones, flagged, when none is)
     illusion_gap       = gap_closed[fidelity] - gap_closed[capability]
     illusion_gap_style = gap_closed[style]    - gap_closed[capability]       (only with a judge)
 docs/evaluation.md derives why these ceilings give the illusion gap a meaningful zero.
@@ -176,19 +177,28 @@ def _lc_why(prefs: dict, lengths: dict) -> str:
 
 
 def family_means(metrics: dict, gaps: dict[str, I.Draws]) -> tuple[dict, dict[str, I.Draws]]:
+    """Each family's gap closed: the mean over its headline metrics whose gap is measurable (the
+    interval of ceiling - base excludes 0: a metric that cannot tell the base from the ceiling
+    makes a ratio with a near-zero denominator, whose interval would swamp the others'). Which
+    metrics are left out depends on base and ceiling only, never on the student. When none is
+    measurable the mean is over all defined ones, and the family is flagged not measurable."""
     families, draws = {}, {}
     for fam in FAMILIES:
-        members = [m for m in gaps if SPEC[m].family == fam]
-        if not members:
+        defined = [m for m in gaps if SPEC[m].family == fam]
+        if not defined:
             heads = [s.name for s in SPECS if s.family == fam and s.headline and s.name in metrics]
             if heads:  # measured, but no gap to close (ceiling == base) or no ceiling (an API teacher)
                 families[fam] = {"mean": None, "ci": [None, None], "metrics": [], "gap_measurable": False,
                                  "why": f"no gap to close on {', '.join(heads)} (ceiling == base, or no ceiling)"}
             continue
+        measurable = [m for m in defined if metrics[m]["gap_closed"]["gap_measurable"]]
+        members = measurable or defined
         d = I.mean_of([gaps[m] for m in members])
         draws[fam] = d
-        measurable = all(metrics[m]["gap_closed"]["gap_measurable"] for m in members)
-        families[fam] = summary(d, metrics=members, gap_measurable=measurable)
+        families[fam] = summary(d, metrics=members, gap_measurable=bool(measurable))
+        left_out = [m for m in defined if m not in members]
+        if left_out:
+            families[fam]["left_out"] = {m: "gap not measurable" for m in left_out}
     return families, draws
 
 

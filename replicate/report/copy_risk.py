@@ -104,6 +104,7 @@ def card_from_run(ev: dict, n: int, usd: float, device_hours: float, cfg: Pipeli
     rates = {"usd": (0.0, usd / n), "device_hours": (0.0, device_hours / n)} if n else {}
     card = _header(cfg, f"one run of {n} examples ({money(usd)}, {hours(device_hours)} of devices for generation "
                         "+ fine-tuning)")
+    card["measured_examples"] = n
     card["warnings"].append("one size only: the curve through it assumes the gap closes fully in the end (g_max = 1);"
                             " `replicate sweep` fits g_max")
     for fam, v in ev["families"].items():
@@ -139,24 +140,35 @@ def _finish(card: dict, cfg: Pipeline | None) -> dict:
     parts = []
     for r in half:
         n = r["examples"][0]
-        parts.append(f"half the {r['family']} gap " + (f"takes ~{num(n)} examples ({money(r['usd_full'][0])} at full "
-                                                       f"scale)" if math.isfinite(n) else "is not reached"))
+        if not math.isfinite(n):
+            parts.append(f"half the {r['family']} gap is not reached")
+        elif n == 0 and card.get("measured_examples"):
+            parts.append(f"half the {r['family']} gap was closed by {card['measured_examples']} examples")
+        else:
+            parts.append(f"half the {r['family']} gap takes ~{num(n)} examples ({money(r['usd_full'][0])} at full scale)")
     card["summary"] = "; ".join(parts) + "." if parts else "No gap was measured."
     return card
 
 
-def _range(vals, show) -> str:
+def _range(vals, show, measured: int | None = None) -> str:
+    """`point [lo, hi]`; "not reached" for an end at infinity; for examples, 0 (a gap one run
+    already closed beyond its ceiling) reads "<= N", the examples that run had."""
+    def one(x) -> str:
+        if x is None or (isinstance(x, float) and not math.isfinite(x)):
+            return "not reached"
+        return f"<= {num(measured)}" if measured and x == 0 else show(x)
+
     point, lo, hi = vals
-    if point is None or (isinstance(point, float) and not math.isfinite(point)):
+    if one(point) == "not reached":
         return "not reached"
-    up = "not reached" if hi is None or (isinstance(hi, float) and not math.isfinite(hi)) else show(hi)
-    return f"{show(point)} [{show(lo) if lo is not None else '-'}, {up}]"
+    return f"{one(point)} [{show(lo) if lo == 0 else one(lo)}, {one(hi)}]"
 
 
 def card_table(card: dict) -> tuple[list, list]:
     head = ["gap", "close", "examples [95% CI]", "$ here", "GPU-h here", f"$ full scale ({card.get('prices', '-')})",
             "GPU-h full scale"]
-    body = [[r["family"], f"{r['target']:.0%}", _range(r["examples"], num), _range(r["usd_here"], money),
+    n = card.get("measured_examples")
+    body = [[r["family"], f"{r['target']:.0%}", _range(r["examples"], num, n), _range(r["usd_here"], money),
              _range(r["gpu_hours_here"], num), _range(r["usd_full"], money), _range(r["gpu_hours_full"], num)]
             for r in card["rows"]]
     return head, body
@@ -165,8 +177,8 @@ def card_table(card: dict) -> tuple[list, list]:
 def _lines(card: dict) -> list[str]:
     who = (f"Teacher {card['teacher']}, base {card['base']}, {card['prices']} prices; full scale = "
            f"{card['full_scale']}.") if "teacher" in card else ""
-    years = "; ".join(f"{fam}: " + ", ".join(f"{y} {money(v)}" for y, v in ys.items()) for fam, ys in
-                      card["by_price_year"].items())
+    years = "; ".join(f"{fam}: " + ", ".join(f"{y} {money(v) if v is not None else 'not reached'}"
+                                             for y, v in ys.items()) for fam, ys in card["by_price_year"].items())
     return [x for x in (f"**{card['summary']}**", f"{who} Measured from {card['basis']}.",
                         f"$ at full scale to close 50 % by price year: {years}." if years else "") if x]
 
@@ -186,7 +198,8 @@ def card_html(card: dict) -> str:
 
 
 def headline(card: dict) -> str:
-    return f"Copy risk: {card['summary']}" + (f" ({len(card['warnings'])} warnings on the card)" if card["warnings"] else "")
+    n = len(card["warnings"])
+    return f"Copy risk: {card['summary']}" + (f" ({n} warning{'s' if n > 1 else ''} on the card)" if n else "")
 
 
 

@@ -102,7 +102,9 @@ def summarize_scores(scores: dict) -> dict:
                         "why": m.get("why") or (m.get("gap_closed") or {}).get("why"),
                         "higher_is_better": m.get("higher_is_better", True), "headline": m.get("headline", True)})
     families = {fam: {"gap_closed": _value(v), "ci": _ci(v), "why": v.get("why") if isinstance(v, dict) else None,
-                      "gap_measurable": v.get("gap_measurable") if isinstance(v, dict) else None}
+                      "gap_measurable": v.get("gap_measurable") if isinstance(v, dict) else None,
+                      "metrics": v.get("metrics") or [] if isinstance(v, dict) else [],
+                      "left_out": list((v.get("left_out") or {}) if isinstance(v, dict) else [])}
                 for fam, v in (scores.get("gap_closed") or {}).items()}
     counts = scores.get("counts") or {}
     models = {r: {"ref": m.get("ref"), "prompt": m.get("prompt")} for r, m in (scores.get("models") or {}).items()
@@ -139,14 +141,16 @@ def _native(stat: dict, unit: str) -> str:
 
 def eval_tables(ev: dict) -> tuple[tuple[list, list], tuple[list, list]]:
     """(family head, rows), (metric head, rows)."""
-    fhead = ["family", "gap closed [95% CI]", "gap measurable"]
-    fbody = [[fam, gap_text(v["gap_closed"], v["ci"], None, v.get("why")), measurable_text(v.get("gap_measurable"))]
+    fhead = ["family", "gap closed [95% CI]", "gap measurable", "mean of"]
+    fbody = [[fam, gap_text(v["gap_closed"], v["ci"], None, v.get("why")), measurable_text(v.get("gap_measurable")),
+              ", ".join(v.get("metrics") or []) + (f" ({', '.join(v['left_out'])} left out: gap not measurable)"
+                                                   if v.get("left_out") else "")]
              for fam, v in ev["families"].items()]
     for key, label in (("illusion_gap", "illusion gap (fidelity - capability)"),
                        ("illusion_gap_style", "illusion gap (style - capability)")):
         if ev.get(key) is not None or ev.get(key + "_why"):
             fbody.append([label, gap_text(ev[key], ev.get(key + "_ci"), None, ev.get(key + "_why")),
-                          measurable_text(ev.get(key + "_measurable"))])
+                          measurable_text(ev.get(key + "_measurable")), ""])
     head = ["metric", "family", "base", "student", "teacher", "ceiling", "student - base [95% CI]",
             "gap closed [95% CI]", "measurable"]
     body = []
