@@ -236,6 +236,9 @@ class Finetune(Strict):
     save_steps: PositiveInt = 50
     """Optimizer steps between checkpoints (a killed run resumes from the last one)."""
     seed: Seed = 0
+    seeds: PositiveInt = 1
+    """Fine-tuning runs on the same data, with seeds seed, seed+1, ...: `run` and `sweep` train and
+    evaluate each, and the evaluation's intervals include the spread between them (docs/evaluation.md)."""
     too_long: Literal["truncate", "drop"] = "truncate"
     """Examples longer than max_length (prompt + output + EOS): keep their first max_length tokens
     (Alpaca's train.py) or drop them. Either way they are counted in train_metrics.json."""
@@ -295,6 +298,13 @@ class Evaluate(Strict):
     backend: Literal["vllm", "transformers"] = "vllm"
     """How base and student generate (the teacher uses teacher.backend): vllm, or transformers'
     batched `generate` where vLLM does not run."""
+    teacher_format: Literal["training", "chat"] = "training"
+    """How the teacher is asked for the reference answers of open items: training = the way it wrote
+    the training rows (self-instruct: as item 4 of its list; respond: its respond prompt), so the
+    student is scored in the format it was trained on; chat = a plain chat turn."""
+    control: str | None = None
+    """An independent model of the base's size that was NOT trained on the teacher (e.g. the base's
+    own instruction-tuned release), scored like the student: what copying adds beyond it."""
     student_prompt: Literal["alpaca", "chat"] = "alpaca"
     """Prompt format of the student: alpaca = the training template (what `finetune` trains on);
     chat = the tokenizer's chat template (a chat-tuned student, or the teacher scored as itself)."""
@@ -309,7 +319,8 @@ class Evaluate(Strict):
     judge_max_tokens: Tokens = 16
     """Output tokens the judge may use for its verdict (A, B or tie)."""
     bootstrap_samples: Int = Field(1000, gt=0, le=1_000_000)
-    """Resamples of the items for every 95% interval (percentile bootstrap, paired across models)."""
+    """Draws behind every 95% interval: bootstrap resamples of items and seeds (BCa) for scores,
+    posterior draws for probe accuracies; paired across models."""
     seed: Seed = 0
     """Seed of the item subsets and the bootstrap."""
 

@@ -15,6 +15,10 @@ after saving what it finished. Raise --max-usd and rerun the same command to con
 
 Concurrency: one process per run directory. A second `replicate run` on the same directory
 refuses at once (it does not wait: a queued run would silently repeat the first one's decisions).
+
+Seeds: `finetune.seeds: k` fine-tunes k students on the same data (seeds seed .. seed+k-1; the
+first in student/, the others in student-seed<S>/), and the evaluation scores them together, so
+every interval includes the spread between training runs (docs/evaluation.md).
 """
 from __future__ import annotations
 
@@ -62,7 +66,48 @@ def budget_left(cfg: Pipeline, budget_dir: Path, before: str) -> float | None:
 def estimate(cfg: Pipeline, calibration: dict | None = None) -> dict:
     from replicate.cost.estimate import estimate_pipeline
 
-    return estimate_pipeline(cfg, calibration=calibration).to_dict()
+    return with_seeds(estimate_pipeline(cfg, calibration=calibration).to_dict(), cfg.finetune.seeds)
+
+
+def with_seeds(est: dict, seeds: int) -> dict:
+    """The estimate with the fine-tuning stage paid `seeds` times (k runs of the same size)."""
+    if seeds == 1:
+        return est
+    for s in est["stages"]:
+        if s["name"] == "finetune":
+            for key in ("usd", "gpu_hours", "wall_hours", "usd_low", "usd_high"):
+                if isinstance(s.get(key), (int, float)):
+                    est["total"][key] = est["total"].get(key, 0) + (seeds - 1) * s[key]
+                    s[key] *= seeds
+            s["seeds"] = seeds
+    return est
+
+
+def student_dirs(cfg: Pipeline, run_dir: Path) -> list[Path]:
+    """Where each fine-tuning seed's student lives: student/ for finetune.seed, student-seed<S>/ after."""
+    return [Path(run_dir) / ("student" if i == 0 else f"student-seed{cfg.finetune.seed + i}")
+            for i in range(cfg.finetune.seeds)]
+
+
+def finetune_seeds(cfg: Pipeline, run_dir: Path, budget: tuple[Pipeline, Path]) -> None:
+    """Fine-tune every seed (the first as the `finetune` stage, the rest into student-seed<S>/)."""
+    from replicate import finetune
+
+    for i, out in enumerate(student_dirs(cfg, run_dir)):
+        c = cfg if i == 0 else cfg.model_copy(update={"finetune": cfg.finetune.model_copy(
+            update={"seed": cfg.finetune.seed + i})}, deep=True)
+        run_stage("finetune", 2, run_dir, lambda left, c=c, out=out: finetune.run_finetune(c, run_dir, out_dir=out,
+                                                                                           max_usd=left),
+                  budget=budget, marker=out / "train_metrics.json", what=f"finetune (seed {c.finetune.seed})"
+                  if cfg.finetune.seeds > 1 else "finetune")
+
+
+def evaluate_students(cfg: Pipeline, run_dir: Path, budget: tuple[Pipeline, Path]) -> None:
+    from replicate import evaluate
+
+    dirs = [d / "merged" for d in student_dirs(cfg, run_dir)]
+    run_stage("evaluate", 3, run_dir, lambda left: evaluate.run_evaluate(cfg, run_dir, student_dirs=dirs, max_usd=left),
+              budget=budget)
 
 
 def refuse_over_budget(est_usd: float, cfg: Pipeline, what: str) -> None:
@@ -105,16 +150,17 @@ def record_stage_estimate(cfg: Pipeline, run_dir: Path, stage: str, calibration:
 # ---- the stages -------------------------------------------------------------------------------
 
 
-def run_stage(name: str, step: int, run_dir: Path, call, *, budget: tuple[Pipeline, Path] | None = None) -> None:
+def run_stage(name: str, step: int, run_dir: Path, call, *, budget: tuple[Pipeline, Path] | None = None,
+              marker: Path | None = None, what: str | None = None) -> None:
     """Skip a finished stage (its done marker exists); otherwise check the budget and call it."""
-    marker = run_dir / DONE[name]
+    marker, what = marker or run_dir / DONE[name], what or name
     if marker.is_file():
-        say(f"[{step}/3] {name}: done already ({marker}), skipped")
+        say(f"[{step}/3] {what}: done already ({marker}), skipped")
         return
-    left = budget_left(*budget, name) if budget else None
-    say(f"[{step}/3] {name}" + (f" (budget left ${left:,.4f})" if left is not None else "") + " ...")
+    left = budget_left(*budget, what) if budget else None
+    say(f"[{step}/3] {what}" + (f" (budget left ${left:,.4f})" if left is not None else "") + " ...")
     stats = call(left)
-    say(f"[{step}/3] {name}: finished" + (f" {summary(stats)}" if stats else ""))
+    say(f"[{step}/3] {what}: finished" + (f" {summary(stats)}" if stats else ""))
 
 
 SUMMARY_KEYS = ("train_rows", "held_out_rows", "requests", "global_step", "trained_tokens", "tokens_per_s", "usd")
@@ -138,7 +184,7 @@ def run_pipeline(cfg: Pipeline, run_dir: Path, *, calibration: dict | None = Non
     refuse_over_budget(est["total"]["usd"], cfg, f"pipeline {cfg.name!r}")
     options.check_pipeline(cfg)  # a typo in finetune.sft_args must not wait for generation
     with run_lock(run_dir):
-        from replicate import evaluate, finetune, generate  # heavy (torch): only once the lock is ours
+        from replicate import generate  # heavy (torch): only once the lock is ours
         from replicate.report import write_report
 
         write_resolved(cfg, run_dir)
@@ -146,9 +192,8 @@ def run_pipeline(cfg: Pipeline, run_dir: Path, *, calibration: dict | None = Non
         b = (cfg, run_dir)
         try:
             run_stage("generate", 1, run_dir, lambda left: generate.run_generate(cfg, run_dir, max_usd=left), budget=b)
-            run_stage("finetune", 2, run_dir, lambda left: finetune.run_finetune(cfg, run_dir, max_usd=left), budget=b)
-            run_stage("evaluate", 3, run_dir, lambda left: evaluate.run_evaluate(cfg, run_dir, max_usd=left),
-                      budget=b)
+            finetune_seeds(cfg, run_dir, b)
+            evaluate_students(cfg, run_dir, b)
         except BudgetExceeded:
             write_report(run_dir)  # what the money bought so far, next to the one-line error
             raise

@@ -7,8 +7,17 @@ Training, generation and evaluation must format prompts identically, so all of t
         completion = output + EOS, appended directly after "### Response:" (no newline)
     user_message("Sum:", "2 3")       -> "Sum:\n\n2 3"
         what a chat model sees as the user turn (the tokenizer's chat template does the rest)
+    self_instruct_prompt(seeds)       -> requirements, 3 numbered examples, "4. Instruction:"
+        the generate stage's self-instruct prompt; with `answer=(instruction, input)` it ends at
+        "4. Output:" instead, so the teacher answers that task exactly as it wrote its training
+        rows (the evaluation's reference in the training format)
+    continue_as_assistant(prompt)     -> [user: requirements, assistant: the list so far]
+        the same prompt for a chat teacher (continue_final_message)
 """
 from __future__ import annotations
+
+import re
+from collections.abc import Sequence
 
 PROMPT_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -39,3 +48,54 @@ def prompt_completion(row: dict) -> tuple[str, str]:
 def user_message(instruction: str, input: str = "") -> str:
     """What a chat model sees as the user turn: the instruction, then the input after a blank line."""
     return f"{instruction}\n\n{input}" if input and input.strip() else instruction
+
+
+# Our wording of Alpaca's requirements (prompt.txt): diverse verbs, phrasing and task types; doable
+# by a text model; English; 1-2 sentences; a realistic input <= 100 words or <noinput>; output < 100 words.
+SELF_INSTRUCT_HEADER = """\
+You are asked to write {num_tasks} varied task instructions. A language model will be asked to \
+carry out each one, and its answers will be judged.
+
+Requirements:
+1. Vary the verbs: do not start two instructions with the same verb.
+2. Vary the phrasing as well: mix direct commands with questions.
+3. Vary the kind of task: open-ended writing, classification, editing, rewriting, extraction, \
+reasoning, math, coding, brainstorming, advice and more.
+4. Every task must be possible for a text-only model: nothing to see or hear as output, and no \
+actions in the world such as setting an alarm or sending a message.
+5. Write in English.
+6. Keep each instruction to one or two sentences, either a command or a question.
+7. When a task needs an input, give a concrete, realistic one (not a placeholder) of at most 100 \
+words. When it needs none, as for a general knowledge question, write <noinput> as the input.
+8. Give a fitting output for the instruction and input, in fewer than 100 words.
+
+List of {num_tasks} tasks:"""
+SELF_INSTRUCT_STOP = ("###", "\n5. Instruction")  # where an answer to item 4 ends
+
+
+def self_instruct_prompt(seeds: Sequence, num_tasks: int = 20, answer: tuple[str, str] | None = None) -> str:
+    """The completion prompt: requirements, then the seeds (anything with .instruction, .input,
+    .output) as ###-separated numbered blocks, ending at the next item's "N. Instruction:" for the
+    teacher to continue; or, given answer=(instruction, input), at that item's "N. Output:"."""
+    prompt = SELF_INSTRUCT_HEADER.format(num_tasks=num_tasks) + "\n"
+    for number, task in enumerate(seeds, start=1):
+        prompt += "###\n" + _item(number, task.instruction, task.input) + f"\n{task.output}\n"
+    nxt = len(seeds) + 1
+    if answer is None:
+        return prompt + f"###\n{nxt}. Instruction:"
+    return prompt + "###\n" + _item(nxt, *answer)
+
+
+def _item(number: int, instruction: str, input: str) -> str:
+    instruction = re.sub(r"\s+", " ", instruction).strip().rstrip(":")
+    return f"{number}. Instruction: {instruction}\n{number}. Input:\n{input or '<noinput>'}\n{number}. Output:"
+
+
+def continue_as_assistant(prompt: str) -> list[dict]:
+    """The self-instruct prompt for a chat teacher: the requirements as the user's message, the
+    numbered list so far as the start of the assistant's reply. Apply the chat template with
+    continue_final_message=True, add_generation_prompt=False (vLLM `LLM.chat` and `vllm serve`
+    take both), so the teacher continues the list. Base teachers get `prompt` as is."""
+    split = prompt.index("\n###\n")
+    return [{"role": "user", "content": prompt[:split]},
+            {"role": "assistant", "content": prompt[split + 1:]}]

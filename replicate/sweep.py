@@ -6,8 +6,10 @@ One generation pass of the largest size (root/data/), then for each size N a sub
 data/train.jsonl is the FIRST N rows of the root's (nested subsets: n100 contains n50), fine-tuned
 and evaluated like any run (each n<N>/ is a complete run directory with its own ledger and report).
 The root report draws gap_closed (style, fidelity, capability) against N with 95% intervals, fits
-g(n) = g_max * n / (n + n50) per family, and says how many examples and dollars close half of
-each gap, here (measured) and at the pipeline's full-scale hardware and prices (cost model).
+g(n) = g_max * n / (n + n50) per family, and its copy-risk card says how many dollars and
+GPU-hours close 25/50/80 % of each gap, here (measured) and at the pipeline's full-scale hardware
+and prices (cost model). `--set finetune.seeds=3` fine-tunes every size three times: the
+intervals then include the spread between training runs.
 """
 from __future__ import annotations
 
@@ -18,7 +20,15 @@ from replicate import cards, files, options
 from replicate.config import MAX_COUNT, Pipeline, with_examples
 from replicate.cost.estimate import stage_usd
 from replicate.errors import UserError
-from replicate.pipeline import estimate, record_estimate, refuse_over_budget, run_stage, say
+from replicate.pipeline import (
+    estimate,
+    evaluate_students,
+    finetune_seeds,
+    record_estimate,
+    refuse_over_budget,
+    run_stage,
+    say,
+)
 from replicate.rundir import run_lock, write_resolved
 
 
@@ -75,7 +85,7 @@ def run_sweep(cfg: Pipeline, root: Path, sizes: list[int], *, calibration: dict 
     options.check_pipeline(cfg)
     budget = (cfg, root)  # the budget covers the whole sweep: root ledger + every n<N>/ ledger
     with run_lock(root):
-        from replicate import evaluate, finetune, generate  # heavy (torch): only once the lock is ours
+        from replicate import generate  # heavy (torch): only once the lock is ours
         from replicate.report import write_report
 
         write_resolved(gen_cfg, root)
@@ -94,11 +104,9 @@ def run_sweep(cfg: Pipeline, root: Path, sizes: list[int], *, calibration: dict 
                 write_resolved(cfg_n, sub)
                 record_estimate(sub, size_ests[n], stages=("finetune", "evaluate"), sweep_examples=n)
                 say(f"-- size {n} ({sub})")
-                run_stage("finetune", 2, sub, lambda left, c=cfg_n, d=sub: finetune.run_finetune(c, d, max_usd=left),
-                          budget=budget)
+                finetune_seeds(cfg_n, sub, budget)
                 share_eval_cache(evaluated, sub)
-                run_stage("evaluate", 3, sub, lambda left, c=cfg_n, d=sub: evaluate.run_evaluate(c, d, max_usd=left),
-                          budget=budget)
+                evaluate_students(cfg_n, sub, budget)
                 evaluated = sub
                 write_report(sub)
         paths = write_report(root)

@@ -1,8 +1,10 @@
 """The evaluate stage end to end: the packaged teacher (the session's vLLM engine), a tiny
 random-init base on a second vLLM engine, a real HTTP judge on 127.0.0.1, and the sanity checks
-that could fail: the teacher as its own student closes every gap, the base as its own student
-closes none, a constant-answer model scores near zero however much the judge likes it.
-Runs B and C reuse run A's cached generations, so only one extra engine is ever started."""
+that could fail: the teacher as its own student reaches every ceiling, the base as its own
+student closes nothing, a constant-answer model scores near zero however much the judge likes it.
+Runs B and C reuse run A's cached generations, so only one extra engine is ever started. Then the
+teacher's reference in its training format (as item 4 of its self-instruct list), and an API
+teacher (a scripted server) whose text the other models still score in bits/byte."""
 from __future__ import annotations
 
 import json
@@ -55,7 +57,7 @@ def _cfg(teacher_dir, tiny_dir, instructions, judge_url=None, **ev) -> Pipeline:
                     max_retries=0) if judge_url else None
     settings = {"examples": 10, "probes": 8, "max_tokens": 24, "probe_max_tokens": 12, "token_fidelity_examples": 3,
                 "bootstrap_samples": 200, "instructions_file": str(instructions), "judge": judge,
-                "held_out_examples": 2}
+                "held_out_examples": 2, "teacher_format": "chat"}
     settings.update(ev)
     return Pipeline(name="eval-test", teacher=Teacher(model=str(teacher_dir)), student=Student(model=str(tiny_dir)),
                     evaluate=Evaluate(**settings))
@@ -67,7 +69,8 @@ def _judge_body_text(body: dict) -> str:
 
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory, teacher_vllm, teacher_dir, tiny_dir, instructions):
-    """The teacher scored as its own student; the judge answers every third request unparseably."""
+    """The teacher scored as its own student; the judge prefers the teacher's answer in either
+    position (a consistent judge), and answers every third request unparseably."""
     run_dir = tmp_path_factory.mktemp("run-a")
     (run_dir / "data").mkdir()
     (run_dir / "data" / "held_out.jsonl").write_text(json.dumps(
@@ -78,7 +81,9 @@ def run_a(tmp_path_factory, teacher_vllm, teacher_dir, tiny_dir, instructions):
         if len(srv.requests) % 3 == 0:
             garbage["n"] += 1
             return "Hmm, hard to say."
-        return "A"
+        teacher = {r["output"] for r in read_jsonl(run_dir / "eval" / "generations" / "teacher.jsonl")[1:]}
+        a = _judge_body_text(body).split("### Response A:\n", 1)[1].split("\n\n### Response B:\n", 1)[0]
+        return "[[A]]" if a in teacher else "[[B]]"
 
     with ScriptedServer(reply=reply) as srv:
         cfg = _cfg(teacher_dir, tiny_dir, instructions, judge_url=srv.base_url, student_prompt="chat")
@@ -87,16 +92,22 @@ def run_a(tmp_path_factory, teacher_vllm, teacher_dir, tiny_dir, instructions):
 
 
 @pytest.mark.slow
-def test_teacher_as_its_own_student_closes_every_gap(run_a):
+def test_teacher_as_its_own_student_reaches_every_ceiling(run_a):
     _, s, garbage, _ = run_a
-    defined = {n: m["gap_closed"]["mean"] for n, m in s["metrics"].items() if m["gap_closed"]["mean"] is not None}
-    # fidelity (output and token level, top-1/KL included: the tiny base shares the tokenizer) and style
-    for name in ("rougeL_f", "chrf", "embed_cos", "bits_per_byte", "top1_agreement", "kl_teacher_model",
-                 "win_rate", "lc_win_rate"):
-        assert defined[name] == pytest.approx(1.0, abs=1e-6), name
-    assert all(v == pytest.approx(1.0, abs=1e-6) for v in defined.values()), defined
-    for fam in ("style", "fidelity"):
-        assert s["gap_closed"][fam]["mean"] == pytest.approx(1.0, abs=1e-6)
+    m = s["metrics"]
+    # output fidelity: the greedy teacher itself scores 1 (ROUGE-L, cosine) / 100 (chrF) against its
+    # own answer, beyond the reachable ceiling (its sampled second answer): gap closed > 1
+    for name in ("rougeL_f", "chrf", "embed_cos"):
+        assert m[name]["ceiling"] == "resample" and m[name]["student"]["mean"] == pytest.approx(m[name]["teacher"]["mean"])
+        assert m[name]["resample"]["mean"] < m[name]["teacher"]["mean"] and m[name]["gap_closed"]["mean"] > 1, name
+    # token level (top-1/KL included: the tiny base shares the tokenizer) and style: the ceiling is the teacher
+    for name in ("bits_per_byte", "top1_agreement", "kl_teacher_model", "win_rate"):
+        assert m[name]["gap_closed"]["mean"] == pytest.approx(1.0, abs=1e-6), name
+        assert m[name]["student_minus_base"]["mean"] == pytest.approx(m[name]["ceiling_minus_base"]["mean"])
+    assert s["gap_closed"]["token"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert s["gap_closed"]["fidelity"]["mean"] > 1
+    # the judge always preferred the teacher: its two orders agree wherever both were read
+    assert m["win_rate"]["base"]["mean"] == 0.0 and s["counts"]["judge"]["consistency"]["base"] == 1.0
     # bad input is counted, not fatal: the long prompt overflows only the tiny base's 256-token context
     c = s["counts"]
     assert c["skipped_context"] == {"teacher": 0, "base": 1, "student": 0}
@@ -112,7 +123,8 @@ def test_run_a_writes_every_output_and_one_ledger_line(run_a):
     ev = run_dir / "eval"
     samples = read_jsonl(ev / "samples.jsonl")
     assert len(samples) == 6 + 8
-    assert {tuple(sorted(r["outputs"])) for r in samples} == {("base", "student", "teacher")}
+    assert {tuple(sorted(r["outputs"])) for r in samples} == {("base", "resample", "student", "teacher"),
+                                                               ("base", "student", "teacher")}
     assert any(r["outputs"]["base"] is None for r in samples)  # the skipped long prompt
     alpaca = json.loads((ev / "alpaca_eval.json").read_text())
     assert len(alpaca) == 6 and set(alpaca[0]) == {"instruction", "output", "generator", "dataset"}
@@ -136,12 +148,16 @@ def test_base_as_its_own_student_closes_nothing(run_a, tmp_path_factory, teacher
     run_dir = _reuse_generations(run_a, tmp_path_factory, "run-b")
     monkeypatch.setattr(generations, "_open_backend", lambda *a: pytest.fail("no engine should start"))
     cfg = _cfg(teacher_dir, tiny_dir, instructions)
-    s = run_evaluate(cfg, run_dir, student_dir=tiny_dir)
+    # two "seeds" that are the base itself: generated once, reused, scored as two students
+    s = run_evaluate(cfg, run_dir, student_dirs=[tiny_dir, tiny_dir])
+    assert s["students"] == ["student", "student_2"] and len(s["metrics"]["rougeL_f"]["student"]["per_seed"]) == 2
     for name, m in s["metrics"].items():
-        if m["gap_closed"]["mean"] is not None:
+        if m.get("gap_closed", {}).get("mean") is not None:
             assert m["gap_closed"]["mean"] == pytest.approx(0.0, abs=1e-9), name
+            assert m["student_minus_base"]["mean"] == pytest.approx(0.0, abs=1e-9)
     assert s["gap_closed"]["fidelity"]["mean"] == pytest.approx(0.0, abs=1e-9)
     assert s["counts"]["judge"] == {"note": "no judge configured (evaluate.judge)"}
+    assert s["capability"]["transfer"]["of"] % 2 == 0  # both seeds counted
 
 
 @pytest.mark.slow
@@ -151,9 +167,10 @@ def test_constant_answer_scores_near_zero_even_when_the_judge_is_fooled(run_a, t
     gens = run_dir / "eval" / "generations"
     teacher_rows = read_jsonl(gens / "teacher.jsonl")
     cfg = _cfg(teacher_dir, tiny_dir, instructions, judge_url="http://127.0.0.1:9/v1")
-    (student,) = [c for c in generations.contenders(cfg, tiny_dir) if c.role == "student"]
+    (student,) = [c for c in generations.contenders(cfg, [tiny_dir]) if c.role == "student"]
     # the degenerate model: the same answer to everything (and nothing at all to one prompt)
-    meta = {"meta": {**teacher_rows[0]["meta"], "model": list(student.signature), "max_len": student.max_len}}
+    own = {k: v for k, v in teacher_rows[0]["meta"].items() if k not in ("reference", "sample")}  # the teacher's only
+    meta = {"meta": {**own, "model": list(student.signature), "max_len": student.max_len}}
     rows = [meta] + [{"key": r["key"], "output": "" if i == 1 else CONSTANT} for i, r in enumerate(teacher_rows[1:])]
     (gens / "student.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     teacher_texts = {r["output"] for r in teacher_rows[1:]}
@@ -196,3 +213,42 @@ def test_cli_needs_a_pipeline_or_all_three_models(capsys):
     assert main(["evaluate", "--student", "x"]) == 2
     err = capsys.readouterr().err
     assert "--teacher" in err and "--base" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_teacher_reference_in_its_training_format(tmp_path, teacher_vllm, teacher_dir, tiny_dir, instructions):
+    """teacher_format: training with self-instruct data: the teacher answers each open item as
+    item 4 of its own list (greedy, and once more sampled for the ceiling); the answers are cut at
+    the next item, and the base and student keep the Alpaca prompt."""
+    cfg = _cfg(teacher_dir, tiny_dir, instructions, teacher_format="training", examples=3, probes=2,
+               held_out_examples=0, token_fidelity_examples=0, embedding=False)
+    s = run_evaluate(cfg, tmp_path, student_dir=tiny_dir, teacher=teacher_vllm)
+    assert s["models"]["teacher"]["prompt"] == "self-instruct" and s["models"]["student"]["prompt"] == "alpaca"
+    rows = read_jsonl(tmp_path / "eval" / "generations" / "teacher.jsonl")
+    assert rows[0]["meta"]["reference"] == "self-instruct"
+    opens = [r for r in rows[1:] if r["key"].startswith("open:")]
+    samples = [r for r in rows[1:] if r["key"].startswith("sample:")]
+    assert len(opens) == len(samples) == 3
+    for r in opens + samples:
+        assert "###" not in r["output"] and "5. Instruction" not in r["output"]
+    assert [r["output"] for r in opens] != [r["output"] for r in samples]  # the ceiling is a second draw
+
+
+@pytest.mark.slow
+def test_api_teacher_still_gets_token_fidelity(tmp_path, tiny_dir, instructions):
+    """An API teacher (a scripted OpenAI-compatible server): no weights here, yet the base's and the
+    student's bits/byte on its text are measured and their difference reported."""
+    answer = "Red, blue and yellow are the three primary colours of paint."
+    with ScriptedServer(reply=lambda body: answer) as srv:
+        cfg = Pipeline(name="api", teacher=Teacher(model="scripted-teacher", backend="openai", base_urls=[srv.base_url],
+                                                  api_key_env="NO_KEY", max_retries=0),
+                       student=Student(model=str(tiny_dir)),
+                       evaluate=Evaluate(examples=3, probes=2, max_tokens=16, probe_max_tokens=8, held_out_examples=0,
+                                         token_fidelity_examples=3, bootstrap_samples=100, embedding=False,
+                                         instructions_file=str(instructions), backend="transformers"))
+        s = run_evaluate(cfg, tmp_path, student_dir=tiny_dir)
+    bpb = s["metrics"]["bits_per_byte"]
+    assert bpb["base"]["mean"] > 0 and bpb["teacher"]["mean"] is None
+    assert bpb["student_minus_base"]["mean"] == pytest.approx(0.0, abs=1e-9)  # the student is the base here
+    assert "API model" in s["counts"]["token_fidelity"]["teacher"]
+    assert "gap_closed" not in bpb  # no ceiling without the teacher's own likelihood

@@ -1,5 +1,6 @@
-"""Scoring functions of the evaluate stage: agreement with rouge_score / sacrebleu, probe matching,
-judge parsing, length control, bootstrap, gap closed. Pure Python; runs in seconds."""
+"""Scoring functions of the evaluate stage: agreement with rouge_score / sacrebleu, the lenient
+probe scorer and its chance floors, gap closed, and scores.json from per-item scores (teacher as
+student closes every gap, base closes none, a constant answer scores near zero). Pure Python."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 
 from replicate.evaluate import metrics as M
+from replicate.evaluate.answers import floors, given_answer, probe_correct, probe_strict
+from replicate.evaluate.intervals import Resamples
 from replicate.evaluate.items import INSTRUCTIONS, PROBES, read_rows
 from replicate.evaluate.scores import build_scores
 from replicate.rouge import rouge_l_f
@@ -76,74 +79,69 @@ def test_eval_sets_are_big_enough_and_well_formed():
     for p in probes:
         # every accepted answer is matched, and simply echoing the prompt never is
         for a in p["answers"]:
-            assert M.probe_correct(a, p) and M.probe_correct(f"The answer is {a}.", p), p
+            assert probe_correct(a, p) and probe_correct(f"The answer is {a}.", p), p
+            assert probe_correct(f"Sure! Here it is: {a}.", p), p  # the answer anywhere in a short reply
         echo = p["instruction"] + (" " + p["input"] if p["input"] else "")
-        assert not M.probe_correct(echo, p) and not M.probe_correct(p["input"], p), p
+        assert not probe_correct(echo, p) and not probe_correct(p["input"], p), p
 
 
 @pytest.mark.parametrize("output,expected", [
     ("Paris", True),
-    ("The capital of France is Paris. It is big.", True),
+    ("Sure! The capital of France is Paris.", True),  # strict first-sentence scoring called this wrong
     ("paris!", True),
-    ("London. Paris is also nice.", False),  # only the first sentence counts
+    ("London. Paris is also nice.", True),  # lenient: the answer is in the short reply
     ("", False),
-    ("I think it is Lyon\nParis", False),  # only the first line counts
+    ("I think it is Lyon\n\nParis", False),  # only the first paragraph counts
+    ("The capital is " + "very " * 40 + "Paris", False),  # ... and only its first 40 tokens
 ])
-def test_probe_first_sentence_is_the_answer(output, expected):
-    assert M.probe_correct(output, {"answers": ["Paris"]}) is expected
+def test_probe_answer_anywhere_in_a_short_reply(output, expected):
+    assert probe_correct(output, {"answers": ["Paris"]}) is expected
 
 
-def test_probe_numbers_reject_lists_and_labels_reject_hedging():
-    num = {"answers": ["19"]}
-    assert M.probe_correct("12 + 7 = 19", num)
-    assert M.probe_correct("The answer is 19.0", num)
-    assert not M.probe_correct("19, 20, 21, 22", num)  # the last number must be the answer
-    assert M.probe_correct("1,000 people", {"answers": ["1000"]})
+def test_probe_numbers_units_and_hedging():
+    num = {"answers": ["19"], "instruction": "What is 12 + 7?"}
+    assert probe_correct("12 + 7 = 19", num)
+    assert probe_correct("The answer is 19.0", num) and probe_correct("nineteen", num)
+    assert probe_correct("It is seven.", {"answers": ["7"]})  # number words up to twenty, and tens
+    assert not probe_correct("19, 20, 21, 22", num)  # a list of numbers does not score
+    assert probe_correct("1,000 people", {"answers": ["1000"]})
+    conv = {"answers": ["6000"], "instruction": "How many grams are in 6 kilograms?"}
+    assert probe_correct("There are 6000 grams in 6 kg.", conv)  # numbers after it restate the question
+    assert not probe_correct("6000 grams, or maybe 600.", conv)
+    assert probe_correct("84 inches", {"answers": ["84 in"]}) and probe_correct("5 kilometres", {"answers": ["5 km"]})
     lab = {"answers": ["positive"], "reject": ["negative"]}
-    assert M.probe_correct("Positive", lab)
-    assert not M.probe_correct("positive or negative", lab)
+    assert probe_correct("Positive", lab) and probe_correct("The review is positive.", lab)
+    assert not probe_correct("positive or negative", lab)
 
 
-@pytest.mark.parametrize("text,verdict", [
-    ("A", "A"), ("b", "B"), (" Response B is better.", "B"), ("Output (a)", "A"), ("tie", "tie"),
-    ("Both are equally good", "tie"), ("I cannot decide which", None), ("", None),
-    ("Response A and Response B", None), ("Absolutely", None), ("The answer is A.", "A"),
-    ("The correct answer is (b)", "B"), ("A is the better choice.", "A"), ("The answer is a bit unclear", None),
-])
-def test_parse_verdict(text, verdict):
-    assert M.parse_verdict(text) == verdict
+def test_copied_input_does_not_answer():
+    p = {"answers": ["Lisbon"], "input": "Maria and her brother flew to Lisbon last spring."}
+    assert probe_correct("The city is Lisbon.", p)
+    assert not probe_correct("Maria and her brother flew to Lisbon", p)  # an echo of the input
+    assert probe_correct("Maria and her brother flew to Lisbon last spring. The city: Lisbon.", p)
 
 
-def test_length_controlled_winrate_removes_a_pure_length_preference():
-    rng = np.random.default_rng(0)
-    n = 400
-    dlen = rng.normal(0, 200, n)
-    # a judge that only looks at length: prefers the longer output 90% of the time
-    prefs = np.where(dlen > 0, rng.random(n) < 0.9, rng.random(n) < 0.1).astype(float)
-    len_ref = np.full(n, 500.0)
-    raw = prefs.mean()
-    lc = M.length_controlled_winrate(prefs, len_ref + dlen, len_ref)
-    assert abs(lc - 0.5) < 0.1
-    # a model 2x longer on every item wins 'raw' but not once length is controlled
-    longer = np.where(rng.random(n) < 0.8, 1.0, 0.0)
-    lc2 = M.length_controlled_winrate(longer, len_ref * 2 + rng.normal(0, 50, n), len_ref)
-    assert longer.mean() > 0.75 and lc2 < longer.mean()
-    # ties everywhere (the teacher against itself) is exactly 0.5; an all-win model stays finite
-    assert M.length_controlled_winrate(np.full(10, 0.5), len_ref[:10], len_ref[:10]) == pytest.approx(0.5)
-    assert 0.9 < M.length_controlled_winrate(np.ones(10), len_ref[:10], len_ref[:10]) <= 1.0
-    assert raw == pytest.approx(prefs.mean())
+def test_strict_match_is_the_format_score():
+    p = {"answers": ["Paris"]}
+    assert probe_strict("Paris.", p) and not probe_strict("Sure! The capital is Paris.", p)
 
 
-def test_bootstrap_interval_narrows_with_more_items():
-    rng = np.random.default_rng(1)
-    widths = []
-    for n in (20, 80, 320):
-        v = rng.random(n)
-        _, boots = M.estimate(M.mean_stat(v), M.bootstrap_indices(n, 1000, 0))
-        lo, hi = M.ci95(boots)
-        widths.append(hi - lo)
-    assert widths[0] > widths[1] > widths[2]
-    assert widths[0] / widths[2] == pytest.approx(4, rel=0.35)  # ~ 1/sqrt(n)
+def test_given_answer_compares_two_models_answers():
+    num = {"answers": ["19"]}
+    assert given_answer("I think 12 + 7 = 21.", num) == "21" == given_answer("21", num)
+    assert given_answer("Rome. It is old.", {"answers": ["Paris"]}) == "rome"
+
+
+def test_chance_floors_of_the_packaged_probes():
+    probes = read_rows(PROBES, ("answers", "category", "in_distribution"))
+    sentiment = [p for p in probes if p["category"] == "sentiment"]
+    f = floors(sentiment)
+    # the majority label of the sentiment probes, and 1/2 for a random pick of positive/negative
+    majority = max(sum(p["answers"][0] == lab for p in sentiment) for lab in ("positive", "negative"))
+    assert f["best_constant"] == pytest.approx(majority / len(sentiment))
+    assert f["random_label"] == pytest.approx(0.5)
+    arithmetic = floors([p for p in probes if p["category"] == "arithmetic"])
+    assert arithmetic["random_label"] == 0 and arithmetic["best_constant"] < 0.1
 
 
 def test_gap_closed_definition():
@@ -151,15 +149,17 @@ def test_gap_closed_definition():
     assert M.gap_closed(0.2, 0.2, 0.8) == 0.0
     assert M.gap_closed(0.5, 0.2, 0.8) == pytest.approx(0.5)
     assert M.gap_closed(3.0, 4.0, 2.0) == pytest.approx(0.5)  # lower-is-better works the same way
-    assert np.isnan(M.gap_closed(0.5, 0.3, 0.3))  # teacher == base: nothing to close
+    assert np.isnan(M.gap_closed(0.5, 0.3, 0.3))  # ceiling == base: nothing to close
     assert np.allclose(M.gap_closed(np.array([1.0, 2.0]), 0.0, 2.0), [0.5, 1.0])
 
 
 def _synthetic(student_kind: str):
-    """Per-item scores computed from text: teacher answers, a base that echoes, and a student."""
+    """Per-item scores computed from text: teacher answers (greedy and a resampled paraphrase),
+    a base that echoes, and a student."""
     opens = read_rows(INSTRUCTIONS, ("instruction",))[:60]
     probes = read_rows(PROBES, ("answers",))[::6]
     teacher_open = [f"Here is a helpful answer about: {r['instruction'].lower()} It has detail." for r in opens]
+    resample = [f"Here is a useful answer about: {r['instruction'].lower()} It has some detail." for r in opens]
     base_open = [r["instruction"] for r in opens]
     teacher_probe = [f"The answer is {p['answers'][0]}." if i % 3 else "I am not sure." for i, p in enumerate(probes)]
     base_probe = [p["instruction"] for p in probes]
@@ -167,35 +167,39 @@ def _synthetic(student_kind: str):
                     "constant": ["Thank you for your question!"] * len(opens)}[student_kind]
     student_probe = {"teacher": teacher_probe, "base": base_probe,
                      "constant": ["Thank you for your question!"] * len(probes)}[student_kind]
-    outs = {"base": base_open, "student": student_open, "teacher": teacher_open}
+    outs = {"base": base_open, "student": student_open, "teacher": teacher_open, "resample": resample}
     pouts = {"base": base_probe, "student": student_probe, "teacher": teacher_probe}
     per_item = {
         "rougeL_f": {r: np.array([rouge_l_f(o, t) for o, t in zip(v, teacher_open)]) for r, v in outs.items()},
         "chrf": {r: np.array([M.chrf(o, t) for o, t in zip(v, teacher_open)]) for r, v in outs.items()},
-        "accuracy": {r: np.array([M.probe_correct(o, p) for o, p in zip(v, probes)], float)
-                     for r, v in pouts.items()},
+        "accuracy": {r: np.array([probe_correct(o, p) for o, p in zip(v, probes)], float) for r, v in pouts.items()},
     }
     ood = np.array([not p["in_distribution"] for p in probes])
     per_item["accuracy_ood"] = {r: np.where(ood, v, np.nan) for r, v in per_item["accuracy"].items()}
+    per_item["accuracy_in_dist"] = {r: np.where(~ood, v, np.nan) for r, v in per_item["accuracy"].items()}
     # a judge fooled by the constant answer (or, for the others, preferring the teacher mostly)
     fooled = student_kind == "constant"
     per_item["win_rate"] = {"teacher": np.full(len(opens), 0.5), "base": np.zeros(len(opens)),
                             "student": np.ones(len(opens)) if fooled else
                             (np.full(len(opens), 0.5) if student_kind == "teacher" else np.zeros(len(opens)))}
     lengths = {r: np.array([len(o) for o in v], float) for r, v in outs.items()}
-    return build_scores(per_item, {"open": len(opens), "probe": len(probes)}, 300, 0, lengths)
+    return build_scores(per_item, Resamples(300, 0), lengths)
 
 
-def test_teacher_as_student_closes_every_gap_and_base_closes_none():
+def test_teacher_as_student_reaches_every_ceiling_and_base_none():
     s = _synthetic("teacher")
-    for name, m in s["metrics"].items():
-        assert m["gap_closed"]["mean"] == pytest.approx(1.0), name
-    for fam in ("style", "fidelity", "capability"):
-        assert s["gap_closed"][fam]["mean"] == pytest.approx(1.0)
-    assert s["illusion_gap"]["mean"] == pytest.approx(0.0)
+    # the student IS the greedy teacher: above the reachable (resampled) fidelity ceiling
+    for name in ("rougeL_f", "chrf"):
+        m = s["metrics"][name]
+        assert m["ceiling"] == "resample" and m["gap_closed"]["mean"] > 1.0, name
+        assert m["gap_closed"]["gap_measurable"]
+    for name in ("accuracy", "accuracy_ood", "accuracy_in_dist", "win_rate"):
+        assert s["metrics"][name]["gap_closed"]["mean"] == pytest.approx(1.0), name
+    assert s["gap_closed"]["capability"]["mean"] == pytest.approx(1.0)
     b = _synthetic("base")
     for name in ("rougeL_f", "chrf", "accuracy", "accuracy_ood"):
         assert b["metrics"][name]["gap_closed"]["mean"] == pytest.approx(0.0), name
+        assert b["metrics"][name]["student_minus_base"]["mean"] == pytest.approx(0.0)
     json.dumps(s)  # scores are plain JSON
 
 
@@ -208,3 +212,6 @@ def test_constant_answer_scores_near_zero_even_when_the_judge_is_fooled():
     assert s["gap_closed"]["fidelity"]["mean"] < 0.2
     assert s["gap_closed"]["capability"]["mean"] <= 0.0
     assert s["illusion_gap_style"]["mean"] > 0.9
+    # the length-controlled win rate is not identifiable: the constant is shorter on every item
+    assert s["metrics"]["lc_win_rate"]["student"]["mean"] is None
+    assert "not identifiable" in s["metrics"]["lc_win_rate"]["why"]

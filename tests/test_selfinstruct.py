@@ -230,7 +230,7 @@ def test_filters_count_every_reason_and_dedup_against_seeds_and_batch():
     assert filters.stats.to_dict() == {
         "responses": 0, "truncated": 0, "unparsable": 0, "parsed": 0, "too_short": 1, "too_long": 0,
         "blacklisted": 1, "write_a_program": 1, "punctuation_start": 0, "non_ascii_start": 0,
-        "empty_output": 1, "similar": 2, "kept": 3}
+        "empty_output": 1, "contaminated": 0, "similar": 2, "kept": 3}
     # resume: rows kept by an earlier run are compared against too, and counts carry on
     restored = Filters(seeds, kept=["Explain how rainbows form in the sky."],
                        stats=FilterStats.from_dict(filters.stats.to_dict() | {"unknown": 5}))

@@ -1,7 +1,9 @@
-"""The evaluate stage's models and their generations: which three models, their prompt formats,
-their greedy outputs on every item (through replicate/teacher.py, cached per model in
-eval/generations/ so a rerun resumes), and what the stage's device and API tokens cost.
-The model-based scores are in replicate/modelscores.py; replicate/evaluate.py calls both in order.
+"""The evaluate stage's models and their generations: which models (base, the fine-tuned
+students, an optional control, the teacher), their prompt formats, their outputs on every item
+(through replicate/engines/, cached per model in eval/generations/ so a rerun resumes), and what
+the stage's device and API tokens cost. Every model answers greedily; the teacher also answers each
+open item a second time, sampled as in the generate stage (kind "sample": the fidelity ceiling).
+The model-based scores are in model_scores.py; stage.py calls both in order.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from pathlib import Path
 
 from replicate.config import Evaluate, Pipeline
 from replicate.cost import catalog
+from replicate.engines.base import Sampling
 from replicate.errors import UserError
+from replicate.evaluate.reference import ReferencePrompts
 from replicate.files import append_jsonl, read_jsonl
 from replicate.prompts import alpaca_prompt, user_message
 
@@ -28,6 +32,7 @@ class Contender:
     backend: str  # vllm | transformers | openai
     max_len: int  # context length: prompts at least this long are skipped and counted
     trust_remote_code: bool = False
+    reference: ReferencePrompts | None = None  # the teacher: how its open answers are asked for
 
     @property
     def signature(self) -> tuple:
@@ -59,8 +64,14 @@ def _local(role: str, ref: str, path: Path, chat: bool, backend: str, max_len: i
     return Contender(role, ref, path, chat, backend, min(max_len, own), trc)
 
 
-def contenders(cfg: Pipeline, student_dir: Path) -> list[Contender]:
-    """Teacher, base and student, resolved to local folders (missing ones are one-line errors)."""
+def student_role(i: int) -> str:
+    """Role of the i-th fine-tuned student (0 = the run's own; the others are further seeds)."""
+    return "student" if i == 0 else f"student_{i + 1}"
+
+
+def contenders(cfg: Pipeline, student_dirs: list[Path]) -> list[Contender]:
+    """Base, the students (one per fine-tuning seed), the control, the teacher, resolved to local
+    folders (missing ones are one-line errors)."""
     from replicate.weights import resolve
 
     t, ev = cfg.teacher, cfg.evaluate
@@ -70,31 +81,38 @@ def contenders(cfg: Pipeline, student_dir: Path) -> list[Contender]:
         path = resolve(t.model, trust_remote_code=t.trust_remote_code)
         chat = has_chat_template(path) if t.chat is None else t.chat
         teacher = _local("teacher", t.model, path, chat, t.backend, t.max_model_len, t.trust_remote_code)
+    teacher.reference = ReferencePrompts(cfg, teacher.chat)
     trc = cfg.student.trust_remote_code
-    base = _local("base", cfg.student.model, resolve(cfg.student.model, trust_remote_code=trc), False,
-                  ev.backend, ev.max_model_len, trc)
-    student_dir = Path(student_dir)
-    if not (student_dir / "config.json").is_file():
-        raise UserError(f"evaluate: no student model in {student_dir} (no config.json): run `replicate finetune` "
-                        "first, or give --student DIR")
-    student = _local("student", str(student_dir), student_dir, ev.student_prompt == "chat", ev.backend,
-                     ev.max_model_len, trc)
+    out = [_local("base", cfg.student.model, resolve(cfg.student.model, trust_remote_code=trc), False,
+                  ev.backend, ev.max_model_len, trc)]
+    for i, student_dir in enumerate(Path(d) for d in student_dirs):
+        if not (student_dir / "config.json").is_file():
+            raise UserError(f"evaluate: no student model in {student_dir} (no config.json): run `replicate finetune` "
+                            "first, or give --student DIR")
+        out.append(_local(student_role(i), str(student_dir), student_dir, ev.student_prompt == "chat", ev.backend,
+                          ev.max_model_len, trc))
+    if ev.control:
+        path = resolve(ev.control, trust_remote_code=trc)
+        out.append(_local("control", ev.control, path, has_chat_template(path), ev.backend, ev.max_model_len, trc))
     # The teacher last: when it is also the judge, its engine stays up for the judging that follows.
-    return [base, student, teacher]
+    return out + [teacher]
 
 
-def prompt_for(c: Contender, item: dict):
-    """What the backend is given: chat messages for a chat model, else the Alpaca training prompt."""
+def prompt_for(c: Contender, item: dict, kind: str = "probe"):
+    """What the backend is given: the teacher's open answers in its training format (reference.py);
+    otherwise chat messages for a chat model, else the Alpaca training prompt."""
+    if c.reference is not None and kind in ("open", "sample"):
+        return c.reference.prompt(item)
     if c.chat:
         return [{"role": "user", "content": user_message(item["instruction"], item.get("input", ""))}]
     return alpaca_prompt(item["instruction"], item.get("input", ""))
 
 
-def prompt_text(c: Contender, tok, item: dict) -> str:
-    """The same prompt as text (the chat template rendered exactly as teacher.py renders it)."""
+def prompt_text(c: Contender, tok, item: dict, kind: str = "probe") -> str:
+    """The same prompt as text (the chat template rendered exactly as the engines render it)."""
     from replicate.engines.base import render_chat
 
-    p = prompt_for(c, item)
+    p = prompt_for(c, item, kind)
     return p if isinstance(p, str) else render_chat(tok, p)
 
 
@@ -155,6 +173,9 @@ def _cache(out_dir: Path, c: Contender, ev: Evaluate) -> tuple[Path, dict, dict]
     path = out_dir / "generations" / f"{c.role}.jsonl"
     meta = {"model": list(c.signature), "max_tokens": ev.max_tokens, "probe_max_tokens": ev.probe_max_tokens,
             "max_len": c.max_len, "seed": ev.seed}
+    if c.reference is not None:  # the teacher: its reference format and the sampled answer's settings
+        meta["reference"] = c.reference.format
+        meta["sample"] = list(c.reference.sampling)
     rows = read_jsonl(path, torn_ok=True)
     if rows and rows[0].get("meta") != meta:
         path.unlink()  # another model or other settings: start this role afresh
@@ -177,25 +198,36 @@ def judge_is_teacher(cfg: Pipeline) -> bool:
     return j is not None and j.backend == t.backend != "openai" and j.model == t.model
 
 
+def _jobs(c: Contender, opens: list[dict], probes: list[dict], ev: Evaluate) -> list[tuple[str, dict, Sampling]]:
+    """(kind, item, sampling) of everything one model answers. Greedy everywhere; the teacher
+    also answers each open item once more, sampled (kind "sample", per-item seeds)."""
+    stop = c.reference.stop if c.reference is not None else ()
+    jobs = [("open", it, Sampling(max_tokens=ev.max_tokens, temperature=0.0, stop=stop, seed=ev.seed)) for it in opens]
+    if c.reference is not None:
+        temperature, top_p = c.reference.sampling
+        jobs += [("sample", it, Sampling(max_tokens=ev.max_tokens, temperature=temperature, top_p=top_p, stop=stop,
+                                         seed=ev.seed + 1)) for it in opens]
+    return jobs + [("probe", it, Sampling(max_tokens=ev.probe_max_tokens, temperature=0.0, seed=ev.seed))
+                   for it in probes]
+
+
 def generate_all(cons: list[Contender], opens: list[dict], probes: list[dict], cfg: Pipeline, out_dir: Path,
                  bar, teacher_backend=None) -> Generations:
-    """Every model answers every open item and probe, greedily. Resumable: rows are appended to
-    eval/generations/<role>.jsonl as they finish, and a rerun generates only what is missing.
-    Engines are started only for models with work left, one at a time, and closed after use."""
+    """Every model answers every open item and probe (the teacher also samples a second answer).
+    Resumable: rows are appended to eval/generations/<role>.jsonl as they finish, and a rerun
+    generates only what is missing. Engines are started only for models with work left, one at
+    a time, and closed after use."""
     from transformers import AutoTokenizer
-
-    from replicate.engines import Sampling
 
     ev = cfg.evaluate
     gen = Generations()
     done_by_sig: dict[tuple, dict] = {}
-    jobs = [("open", it, Sampling(max_tokens=ev.max_tokens, temperature=0.0, seed=ev.seed)) for it in opens]
-    jobs += [("probe", it, Sampling(max_tokens=ev.probe_max_tokens, temperature=0.0, seed=ev.seed)) for it in probes]
     for c in cons:
+        jobs = _jobs(c, opens, probes, ev)
         task = bar.add_task(f"generate {c.role}", total=len(jobs))
         path, _, have = _cache(out_dir, c, ev)
         same = done_by_sig.get(c.signature)
-        if same is not None:  # e.g. student == base: identical prompts and model, nothing to run
+        if same is not None and c.reference is None:  # e.g. student == base: same prompts and model
             for key, row in same.items():
                 if key not in have:
                     append_jsonl(path, row)
@@ -205,14 +237,14 @@ def generate_all(cons: list[Contender], opens: list[dict], probes: list[dict], c
         tok = AutoTokenizer.from_pretrained(c.path, trust_remote_code=c.trust_remote_code) if c.path and todo else None
         try:
             bar.update(task, completed=len(jobs) - len(todo))
-            for kind in ("open", "probe"):
+            for kind in ("open", "sample", "probe"):
                 part = [(it, s) for k, it, s in todo if k == kind]
-                step = cfg.evaluate.requests_per_batch
+                step = ev.requests_per_batch
                 for i in range(0, len(part), step):
                     chunk = part[i:i + step]
                     runnable = []
-                    for it, s in chunk:
-                        if tok is not None and _prompt_len(c, tok, it) >= c.max_len:
+                    for it, _ in chunk:
+                        if tok is not None and _prompt_len(c, tok, it, kind) >= c.max_len:
                             row = {"key": item_key(kind, it), "output": None, "skipped": "context"}
                             append_jsonl(path, row)
                             have[row["key"]] = row
@@ -222,9 +254,11 @@ def generate_all(cons: list[Contender], opens: list[dict], probes: list[dict], c
                         if backend is None:
                             backend = teacher_backend if (c.role == "teacher" and teacher_backend) else \
                                 _open_backend(c, cfg)
-                        outs = backend.complete([prompt_for(c, it) for it in runnable], chunk[0][1])
+                        seeds = [_item_seed(ev.seed, it) for it in runnable] if kind == "sample" else None
+                        outs = backend.complete([prompt_for(c, it, kind) for it in runnable], chunk[0][1], seeds)
                         for it, o in zip(runnable, outs):
-                            row = {"key": item_key(kind, it), "output": o.text, "prompt_tokens": o.prompt_tokens,
+                            text = c.reference.clean(o.text) if c.reference is not None and kind != "probe" else o.text
+                            row = {"key": item_key(kind, it), "output": text, "prompt_tokens": o.prompt_tokens,
                                    "output_tokens": o.output_tokens, "finish_reason": o.finish_reason}
                             append_jsonl(path, row)
                             have[row["key"]] = row
@@ -240,11 +274,18 @@ def generate_all(cons: list[Contender], opens: list[dict], probes: list[dict], c
             elif backend is not None and backend is not teacher_backend:
                 backend.close()
         done_by_sig[c.signature] = have
-        rows = {kind: [have[item_key(kind, it)] for it in items] for kind, items in (("open", opens), ("probe", probes))}
+        kinds = (("open", opens), ("probe", probes)) + ((("sample", opens),) if c.reference is not None else ())
+        rows = {kind: [have[item_key(kind, it)] for it in items] for kind, items in kinds}
         gen.outputs[c.role] = {kind: [r["output"] for r in rs] for kind, rs in rows.items()}
         gen.skipped[c.role] = sum(1 for rs in rows.values() for r in rs if r.get("skipped"))
     return gen
 
 
-def _prompt_len(c: Contender, tok, item: dict) -> int:
-    return len(tok(prompt_text(c, tok, item), add_special_tokens=not c.chat)["input_ids"])
+def _item_seed(seed: int, item: dict) -> int:
+    """The sampled answer's seed: fixed by (evaluate.seed, item id), whatever the batch."""
+    return int(hashlib.sha256(f"{seed}:{item['id']}".encode()).hexdigest()[:8], 16)
+
+
+def _prompt_len(c: Contender, tok, item: dict, kind: str) -> int:
+    chat = not isinstance(prompt_for(c, item, kind), str)
+    return len(tok(prompt_text(c, tok, item, kind), add_special_tokens=not chat)["input_ids"])

@@ -1,10 +1,11 @@
 """Pairwise preference against the teacher's outputs by an LLM judge, AlpacaEval-style.
 
-Every (model output, teacher output) pair is judged twice, once in each order, to cancel the
-judge's position bias; a vote is 1 (model preferred), 0.5 (tie) or 0 (teacher preferred) and the
-item's preference is the mean of its resolved votes. Identical outputs score 0.5 without asking
-(AlpacaEval's rule), so the teacher against itself is exactly 0.5. A verdict that names neither A,
-B nor a tie is *unresolved*: counted, reported, and left out of the mean.
+Every (model output, teacher output) pair is judged twice, once in each order. MT-Bench's rule
+(Zheng et al. 2023) combines them: the same winner in both orders counts (1 model, 0 teacher,
+0.5 tie); orders that disagree are the judge's position bias and count as a tie (reported as the
+consistency rate); an item with an unresolved order (a verdict naming neither A, B nor a tie,
+verdicts.parse_verdict) is left out and counted. Identical outputs score 0.5 without asking
+(AlpacaEval's rule), so the teacher against itself is exactly 0.5.
 Verdicts are cached in eval/judge.jsonl by a hash of (judge, prompt), so a rerun asks nothing twice.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from replicate.evaluate.metrics import parse_verdict, vote_preference
+from replicate.evaluate.verdicts import item_preference, parse_verdict
 from replicate.files import append_jsonl, read_jsonl
 
 JUDGE_TEMPLATE = """You compare two responses to the same instruction and decide which one is better: more \
@@ -59,7 +60,8 @@ def judge_pairs(
     """Preferences of every role's outputs over the reference (teacher) outputs.
 
     Returns {"prefs": {role: [pref or nan]}, "unresolved": {role: n votes}, "votes": {role: n},
-             "prompt_tokens": int, "output_tokens": int, "verdicts": {role: [[v_ab, v_ba]]}}.
+             "items_unresolved": {role: n}, "consistency": {role: share of both-resolved items whose
+             two orders agree}, "prompt_tokens": int, "output_tokens": int, "verdicts": {role: [[v_ab, v_ba]]}}.
     """
     cache = {r["key"]: r["text"] for r in read_jsonl(cache_file, torn_ok=True)}
     # (role, item, order): order 0 = model shown as A, 1 = model shown as B
@@ -92,21 +94,26 @@ def judge_pairs(
     prefs = {role: [0.5 if out == ref else math.nan for out, ref in zip(outs, reference)]
              for role, outs in outputs.items()}
     verdicts = {role: [[None, None] for _ in outs] for role, outs in outputs.items()}
-    votes = {role: [[] for _ in outs] for role, outs in outputs.items()}
     unresolved = {role: 0 for role in outputs}
     n_votes = {role: 0 for role in outputs}
     for (role, i, order), text in zip(jobs, texts):
         v = parse_verdict(text or "")
         verdicts[role][i][order] = v
         n_votes[role] += 1
-        pref = vote_preference(v, "A" if order == 0 else "B")
-        if pref is None:
-            unresolved[role] += 1
-        else:
-            votes[role][i].append(pref)
-    for role in outputs:
-        for i, vs in enumerate(votes[role]):
-            if vs:
-                prefs[role][i] = sum(vs) / len(vs)
-    return {"prefs": prefs, "unresolved": unresolved, "votes": n_votes, "prompt_tokens": ptok,
-            "output_tokens": otok, "verdicts": verdicts}
+        unresolved[role] += v is None
+    items_unresolved = {role: 0 for role in outputs}
+    agree = {role: [0, 0] for role in outputs}  # consistent, both orders resolved
+    for role, outs in outputs.items():
+        for i, (out, ref) in enumerate(zip(outs, reference)):
+            if out == ref:
+                continue
+            pref, how = item_preference(*verdicts[role][i])
+            if pref is None:
+                items_unresolved[role] += 1
+                continue
+            prefs[role][i] = pref
+            agree[role][0] += how == "consistent"
+            agree[role][1] += 1
+    consistency = {role: (c / n if n else None) for role, (c, n) in agree.items()}
+    return {"prefs": prefs, "unresolved": unresolved, "votes": n_votes, "items_unresolved": items_unresolved,
+            "consistency": consistency, "prompt_tokens": ptok, "output_tokens": otok, "verdicts": verdicts}

@@ -1,6 +1,8 @@
 """The evaluate stage's model-based scores: embedding cosine (MiniLM), teacher-forced token
 fidelity (transformers) and the pairwise judge (any engine). Each fills per-item arrays
 (nan = undefined) in `s.per_item[metric][role]` and returns a note for scores.json's `counts`.
+Roles: the models (base, student, student_2..., control, teacher) and, for output metrics only,
+"resample" (the teacher's second, sampled answer).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ class Scoring:
     cons: list[Contender]  # base, student, teacher
     opens: list[dict]  # open instructions
     probes: list[dict]  # short-answer capability probes
-    outputs: dict  # role -> {"open": [text or None], "probe": [text or None]}
+    outputs: dict  # role -> {"open": [text or None], "probe": [...]}; "resample" -> {"open": [...]}
     ref: list[str]  # the teacher's open outputs: the reference of fidelity metrics
     valid: np.ndarray  # open items scorable against the reference
     out_dir: Path
@@ -67,8 +69,6 @@ def token_scores(s: Scoring) -> dict:
     teacher = next(c for c in cons if c.role == "teacher")
     if k == 0:
         return {"note": "off (evaluate.token_fidelity_examples: 0)"}
-    if teacher.path is None:
-        return {"note": "skipped: the teacher is an API model (no local weights to score with)"}
     idx = [i for i in range(len(opens)) if valid[i]][:k]
     if not idx:
         return {"note": "skipped: no open item with a teacher output to score"}
@@ -86,15 +86,17 @@ def token_scores(s: Scoring) -> dict:
     task = bar.add_task("token fidelity", total=len(idx), completed=len(idx) - len(todo))
     same = {}
     if todo:
-        t, others = token_fidelity.load_scorers((teacher.role, teacher.path, teacher.chat),
-                                          [(c.role, c.path, c.chat) for c in cons if c.role != "teacher"],
-                                          trust_remote_code=teacher.trust_remote_code, dtype=cfg.evaluate.dtype)
+        # An API teacher has no weights here: the others still score its text (bits/byte).
+        t, others = token_fidelity.load_scorers(
+            (teacher.role, teacher.path, teacher.chat) if teacher.path else None,
+            [(c.role, c.path, c.chat) for c in cons if c.role != "teacher"], trust_remote_code=teacher.trust_remote_code,
+            dtype=cfg.evaluate.dtype)
         same = {s.role: s.same_tokenizer for s in others}
         roles, alias = token_fidelity.distinct(t, others)
         by_role = {c.role: c for c in cons}
         for i in todo:
             res = token_fidelity.score_item(opens[i], ref[i], t, roles,
-                                      lambda sc, item: prompt_text(by_role[sc.role], sc.tok, item))
+                                            lambda sc, item: prompt_text(by_role[sc.role], sc.tok, item, "open"))
             scores = {r: res[alias[r]] for r in alias}
             append_jsonl(cache, {"id": key[i][0], "ref": key[i][1], "scores": scores})
             done[key[i]] = scores
@@ -108,13 +110,15 @@ def token_scores(s: Scoring) -> dict:
             for m in token_fidelity.TOKEN_METRICS:
                 per_item[m][role][i] = vals.get(m, math.nan)
     note = {"items": len(idx), "skipped_context": skipped}
+    if teacher.path is None:
+        note["teacher"] = "an API model: no weights to score with; the others' bits/byte on its text are measured"
     if same:
         note["same_tokenizer_as_teacher"] = same
     return note
 
 
 def judge_scores(s: Scoring, backend=None) -> dict:
-    """Win rate of base and student over the teacher's outputs (the teacher against itself: 0.5).
+    """Win rate of every other model over the teacher's outputs (the teacher against itself: 0.5).
     `backend`: an open engine to judge with (the teacher's, when the judge is the teacher); kept open."""
     from replicate.engines import Sampling, open_engine
     from replicate.evaluate.judge import judge_pairs
@@ -126,7 +130,7 @@ def judge_scores(s: Scoring, backend=None) -> dict:
         return {"note": "no judge configured (evaluate.judge)"}
     idx = [i for i in range(len(opens)) if valid[i]]
     instructions = [user_message(opens[i]["instruction"], opens[i]["input"]) for i in idx]
-    roles = {r: [outputs[r]["open"][i] or "" for i in idx] for r in ("base", "student")}
+    roles = {c.role: [outputs[c.role]["open"][i] or "" for i in idx] for c in s.cons if c.role != "teacher"}
     refs = [ref[i] for i in idx]
     task = bar.add_task(f"judge {jcfg.model}"[:28], total=2 * sum(o != t for r in roles.values()
                                                                  for o, t in zip(r, refs)))
@@ -150,5 +154,10 @@ def judge_scores(s: Scoring, backend=None) -> dict:
         full[idx] = prefs
         per_item["win_rate"][r] = full
     usd = api_usd(jcfg.model, cfg.prices, res["prompt_tokens"], res["output_tokens"]) if jcfg.backend == "openai" else 0.0
-    return {"model": jcfg.model, "backend": jcfg.backend, "votes": res["votes"], "unresolved": res["unresolved"],
-            "prompt_tokens": res["prompt_tokens"], "output_tokens": res["output_tokens"], "usd": usd}
+    note = {k: res[k] for k in ("votes", "unresolved", "items_unresolved", "consistency")}
+    note.update(model=jcfg.model, backend=jcfg.backend, prompt_tokens=res["prompt_tokens"],
+                output_tokens=res["output_tokens"], usd=usd)
+    if jcfg.model == cfg.teacher.model:
+        note["self_preference"] = ("the judge is the teacher itself: LLM judges favour outputs like their own "
+                                   "(Zheng et al. 2023), so the style family leans towards whatever copies it best")
+    return note

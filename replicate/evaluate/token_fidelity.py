@@ -9,7 +9,11 @@ or its chat template) and scored in one forward pass:
     kl_teacher_model = mean_t KL(p_teacher || p_model)                } tokenizer is the teacher's
 
 Items longer than a model's context are skipped for that model (nan) and counted. The caller
-(replicate/modelscores.py) caches each item's numbers, so a killed run resumes where it stopped.
+(model_scores.py) caches each item's numbers, so a killed run resumes where it stopped.
+
+An API teacher (no weights here) is no obstacle to bits/byte: the other models score the teacher's
+text with their own weights and tokenizers (teacher=None below); only the teacher's own numbers,
+top-1 agreement and KL, which need its distribution, are undefined.
 """
 from __future__ import annotations
 
@@ -68,32 +72,35 @@ def _forward_logprobs(sc: Scorer, prompt: list[int], target: list[int]):
     return torch.log_softmax(logits, dim=-1)
 
 
-def distinct(teacher: Scorer, scorers: list[Scorer]) -> tuple[list[Scorer], dict[str, str]]:
+def distinct(teacher: Scorer | None, scorers: list[Scorer]) -> tuple[list[Scorer], dict[str, str]]:
     """The scorers to run, and role -> the role whose numbers it shares. The same weights under the
     same prompt format give the same numbers (student == base before any training, or the teacher
     scored as its own student), so they are computed once."""
+    everyone = ([teacher] if teacher else []) + [s for s in scorers if teacher is None or s.role != teacher.role]
     first: dict[tuple, Scorer] = {}
-    for sc in [teacher] + [s for s in scorers if s.role != teacher.role]:
+    for sc in everyone:
         first.setdefault((sc.path, sc.chat), sc)
-    alias = {sc.role: first[(sc.path, sc.chat)].role for sc in [teacher] + scorers}
+    alias = {sc.role: first[(sc.path, sc.chat)].role for sc in ([teacher] if teacher else []) + scorers}
     return list(first.values()), alias
 
 
-def score_item(item: dict, y: str, teacher: Scorer, roles: list[Scorer],
+def score_item(item: dict, y: str, teacher: Scorer | None, roles: list[Scorer],
                format_prompt: Callable[[Scorer, dict], str]) -> dict[str, dict]:
     """{role: {metric: value}} for one item (teacher output y); a role whose prompt + y does not
-    fit its context gets {"skipped": "context"}; undefined metrics are absent."""
+    fit its context gets {"skipped": "context"}; undefined metrics are absent. teacher=None: an
+    API teacher, whose own distribution is unknown (bits/byte and NLL of the others only)."""
     import torch
 
     out: dict[str, dict] = {sc.role: {} for sc in roles}
     if not y.strip():
         return out  # nothing to score: an empty teacher output is counted by the caller
     n_bytes = len(y.encode())
-    t_target = list(teacher.tok(y, add_special_tokens=False)["input_ids"])
-    t_prompt = prompt_ids(teacher.tok, format_prompt(teacher, item), teacher.chat)
-    t_lp = None
-    if t_target and len(t_prompt) + len(t_target) <= teacher.max_len:
-        t_lp = _forward_logprobs(teacher, t_prompt, t_target)
+    t_target, t_prompt, t_lp = [], [], None
+    if teacher is not None:
+        t_target = list(teacher.tok(y, add_special_tokens=False)["input_ids"])
+        t_prompt = prompt_ids(teacher.tok, format_prompt(teacher, item), teacher.chat)
+        if t_target and len(t_prompt) + len(t_target) <= teacher.max_len:
+            t_lp = _forward_logprobs(teacher, t_prompt, t_target)
     for sc in roles:
         target = t_target if sc.same_tokenizer else list(sc.tok(y, add_special_tokens=False)["input_ids"])
         prompt = t_prompt if sc is teacher else prompt_ids(sc.tok, format_prompt(sc, item), sc.chat)
@@ -119,9 +126,10 @@ def same_vocab(tok_a, tok_b) -> bool:
     return len(tok_a) == len(tok_b) and tok_a.get_vocab() == tok_b.get_vocab()
 
 
-def load_scorers(teacher: tuple[str, Path, bool], others: list[tuple[str, Path, bool]],
-                 trust_remote_code: bool = False, dtype: str = "auto") -> tuple[Scorer, list[Scorer]]:
-    """Load the teacher and each distinct (folder) model once; roles sharing a folder share weights."""
+def load_scorers(teacher: tuple[str, Path, bool] | None, others: list[tuple[str, Path, bool]],
+                 trust_remote_code: bool = False, dtype: str = "auto") -> tuple[Scorer | None, list[Scorer]]:
+    """Load the teacher (None: an API teacher) and each distinct (folder) model once; roles
+    sharing a folder share weights."""
     cache: dict[Path, tuple] = {}
 
     def make(role: str, path: Path, chat: bool) -> Scorer:
@@ -131,11 +139,12 @@ def load_scorers(teacher: tuple[str, Path, bool], others: list[tuple[str, Path, 
         model, tok, max_len = cache[key]
         return Scorer(role=role, path=key, chat=chat, model=model, tok=tok, max_len=max_len)
 
-    t = make(*teacher)
-    t.same_tokenizer = True
+    t = make(*teacher) if teacher else None
+    if t is not None:
+        t.same_tokenizer = True
     scorers = []
     for spec in others:
         sc = make(*spec)
-        sc.same_tokenizer = sc.tok is t.tok or same_vocab(sc.tok, t.tok)
+        sc.same_tokenizer = t is not None and (sc.tok is t.tok or same_vocab(sc.tok, t.tok))
         scorers.append(sc)
     return t, scorers

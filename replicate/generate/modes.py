@@ -26,10 +26,11 @@ class SelfInstruct:
 
     def __init__(self, cfg: Pipeline):
         from replicate.generate import selfinstruct as si
+        from replicate.generate.contamination import eval_items
 
         self.si, self.seed = si, cfg.generate.seed
         self.seeds = si.load_seed_tasks(cfg.generate.seed_tasks_file)
-        self.filters = si.Filters(self.seeds)
+        self.filters = si.Filters(self.seeds, eval_items=eval_items(cfg.evaluate))
         self.regex = si.list_regex() if cfg.generate.structured else None
         self.stop = () if self.regex else tuple(si.STOP)  # structured: the regex ends the list
         self.limit = None
@@ -60,6 +61,7 @@ class Respond:
 
     def __init__(self, cfg: Pipeline):
         from replicate.generate import selfinstruct as si
+        from replicate.generate.contamination import Contamination, eval_items
 
         if not cfg.generate.instructions_file:
             raise UserError("generate.instructions_file: respond mode needs a JSONL file of instructions")
@@ -68,6 +70,7 @@ class Respond:
         self.items = si.load_instructions(cfg.generate.instructions_file)
         self.limit = len(self.items)
         self.chat = False
+        self.contamination = Contamination(eval_items(cfg.evaluate))
 
     @property
     def stop(self) -> tuple[str, ...]:
@@ -81,7 +84,10 @@ class Respond:
         pass
 
     def rows(self, i: int, c: Completion) -> tuple[int, list[dict], dict]:
-        return self.si.respond_rows(self.items[i], c.text, c.finish_reason)
+        parsed, kept, dropped = self.si.respond_rows(self.items[i], c.text, c.finish_reason)
+        if kept and self.contamination.near(kept[0]):
+            return parsed, [], {"contaminated": 1}
+        return parsed, kept, dropped
 
 
 def make_mode(cfg: Pipeline) -> SelfInstruct | Respond:

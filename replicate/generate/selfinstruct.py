@@ -29,34 +29,16 @@ from pathlib import Path
 
 from replicate.errors import UserError
 from replicate.files import jsonl_rows
+from replicate.generate.contamination import Contamination
 from replicate.generate.dedup import RougeDedup
 from replicate.prompts import alpaca_prompt, user_message
+from replicate.prompts import continue_as_assistant as chat_prompt  # noqa: F401 (modes.py: si.chat_prompt)
+from replicate.prompts import self_instruct_prompt as build_prompt
 
 SEED_TASKS = Path(__file__).resolve().parent.parent / "data" / "seed_tasks.jsonl"
 NUM_PROMPT_INSTRUCTIONS = 3  # seed tasks shown per prompt (Alpaca samples 3 seeds, no machine tasks)
 NUM_TASKS = 20  # length of the list the teacher is asked to write
 SIMILARITY_THRESHOLD = 0.7  # drop when ROUGE-L F > 0.7 against anything kept (0.7 itself is kept)
-
-# Our wording of Alpaca's requirements (prompt.txt): diverse verbs, phrasing and task types; doable
-# by a text model; English; 1-2 sentences; a realistic input <= 100 words or <noinput>; output < 100 words.
-PROMPT_HEADER = """\
-You are asked to write {num_tasks} varied task instructions. A language model will be asked to \
-carry out each one, and its answers will be judged.
-
-Requirements:
-1. Vary the verbs: do not start two instructions with the same verb.
-2. Vary the phrasing as well: mix direct commands with questions.
-3. Vary the kind of task: open-ended writing, classification, editing, rewriting, extraction, \
-reasoning, math, coding, brainstorming, advice and more.
-4. Every task must be possible for a text-only model: nothing to see or hear as output, and no \
-actions in the world such as setting an alarm or sending a message.
-5. Write in English.
-6. Keep each instruction to one or two sentences, either a command or a question.
-7. When a task needs an input, give a concrete, realistic one (not a placeholder) of at most 100 \
-words. When it needs none, as for a general knowledge question, write <noinput> as the input.
-8. Give a fitting output for the instruction and input, in fewer than 100 words.
-
-List of {num_tasks} tasks:"""
 
 # Alpaca's keyword blacklist (word boundaries, any case): tasks a text model cannot do.
 BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
@@ -129,19 +111,6 @@ def load_seed_tasks(path: str | Path | None = None) -> list[SeedTask]:
     return tasks
 
 
-def build_prompt(seeds: list[SeedTask], num_tasks: int = NUM_TASKS) -> str:
-    """The completion prompt: requirements, then the seeds as ###-separated numbered blocks,
-    ending at the next item's "N. Instruction:" for the teacher to continue."""
-    prompt = PROMPT_HEADER.format(num_tasks=num_tasks) + "\n"
-    for number, task in enumerate(seeds, start=1):
-        instruction = re.sub(r"\s+", " ", task.instruction).strip().rstrip(":")
-        prompt += "###\n"
-        prompt += f"{number}. Instruction: {instruction}\n"
-        prompt += f"{number}. Input:\n{task.input or '<noinput>'}\n"
-        prompt += f"{number}. Output:\n{task.output}\n"
-    return prompt + f"###\n{len(seeds) + 1}. Instruction:"
-
-
 def sample_prompt(seeds: list[SeedTask], rng: random.Random,
                   num_prompt_instructions: int = NUM_PROMPT_INSTRUCTIONS,
                   num_tasks: int = NUM_TASKS) -> tuple[str, list[str]]:
@@ -149,16 +118,6 @@ def sample_prompt(seeds: list[SeedTask], rng: random.Random,
     rng.getstate() is enough to resume the same sequence of prompts."""
     chosen = rng.sample(seeds, num_prompt_instructions)
     return build_prompt(chosen, num_tasks), [task.id for task in chosen]
-
-
-def chat_prompt(prompt: str) -> list[dict]:
-    """The prompt for a chat teacher: the requirements as the user's message, the numbered list
-    so far as the start of the assistant's reply. Apply the chat template with
-    continue_final_message=True, add_generation_prompt=False (vLLM `LLM.chat` and `vllm serve`
-    take both), so the teacher continues at "4. Instruction:". Base teachers get `prompt` as is."""
-    split = prompt.index("\n###\n")
-    return [{"role": "user", "content": prompt[:split]},
-            {"role": "assistant", "content": prompt[split + 1:]}]
 
 
 @dataclass
@@ -176,6 +135,7 @@ class FilterStats:
     punctuation_start: int = 0  # starts with punctuation
     non_ascii_start: int = 0  # first character not ASCII
     empty_output: int = 0  # no output after "N. Output:" (not Alpaca's; nothing to train on)
+    contaminated: int = 0  # ROUGE-L F > 0.7 against an evaluation item (instruction + input)
     similar: int = 0  # ROUGE-L F > 0.7 against a seed or a kept instruction
     kept: int = 0
 
@@ -242,9 +202,12 @@ class Filters:
     compared with each other too)."""
 
     def __init__(self, seeds: Iterable[SeedTask | str], kept: Iterable[dict | str] = (), *,
-                 threshold: float = SIMILARITY_THRESHOLD, stats: FilterStats | None = None):
-        """seeds: seed tasks (or their instructions); kept: rows accepted by an earlier run."""
+                 threshold: float = SIMILARITY_THRESHOLD, stats: FilterStats | None = None,
+                 eval_items: Iterable[str] = ()):
+        """seeds: seed tasks (or their instructions); kept: rows accepted by an earlier run;
+        eval_items: evaluation items (task_text) that no kept row may come near."""
         self.dedup = RougeDedup([_instruction(x) for x in (*seeds, *kept)], threshold)
+        self.contamination = Contamination(eval_items, threshold)
         self.stats = stats if stats is not None else FilterStats()
 
     def keep(self, row: dict) -> bool:
@@ -270,6 +233,8 @@ class Filters:
         reason = rule_violation(row["instruction"])
         if reason is None and "output" in row and not row["output"].strip():  # before dedup: not "kept so far"
             reason = "empty_output"
+        if reason is None and self.contamination.near(row):
+            reason = "contaminated"
         if reason is None and not self.dedup.add_if_novel(row["instruction"]):
             reason = "similar"
         if reason is None:

@@ -2,7 +2,8 @@
 
 Reads only the ledger (`kind: estimate` and `kind: measured` lines) and eval/scores.json, so a
 report can be rebuilt at any time, from a finished run, a stopped one, or a copy of its files.
-A sweep directory (runs/<name>-sweep/ with n<N>/ sub-runs) also gets the copy curve.
+A sweep directory (runs/<name>-sweep/ with n<N>/ sub-runs) also gets the copy curve; every
+report with an evaluation or a sweep gets the copy-risk card (copy_risk.py).
 
     replicate report runs/tiny-cpu
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 from replicate import files, meter
 from replicate.errors import UserError
 from replicate.report.copy_curve import copy_curve
+from replicate.report.copy_risk import card_for
 from replicate.report.evaluation import read_scores, summarize_scores, write_summary
 from replicate.rundir import STAGES, sweep_dirs
 from replicate.tables import ratio
@@ -110,6 +112,7 @@ def build_report(run_dir: str | Path) -> dict:
         rep["evaluation"] = summarize_scores(scores)
     if sweep_dirs(run_dir):
         rep["sweep"] = copy_curve(run_dir)
+    rep["copy_risk"] = card_for(run_dir, rep)
     return rep
 
 

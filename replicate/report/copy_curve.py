@@ -1,25 +1,26 @@
 """The copy curve: how much of the teacher a copy gets per teacher example, and per dollar.
 
 A sweep root (runs/<name>-sweep/) holds one generation and a sub-run n<N>/ per size, each
-fine-tuned and evaluated on the first N rows. The curve draws gap_closed per family against N,
-fits g(n) = g_max * n / (n + n50) per family, and says how many examples and dollars close half
-of each gap, here (measured) and at the pipeline's full-scale hardware and prices (cost model).
+fine-tuned and evaluated on the first N rows. The curve draws gap_closed per family against N and
+fits g(n) = g_max * n / (n + n50) per family, weighted by each size's interval; resampling every
+size's gap closed within its interval and refitting gives the fit's own uncertainty, which the
+copy-risk card (copy_risk.py) turns into examples, dollars and GPU-hours to close 25/50/80 %.
 """
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 
 import numpy as np
 
 from replicate import files, meter
-from replicate.config import Pipeline, with_examples
-from replicate.cost.estimate import estimate_pipeline, stage_usd
-from replicate.errors import UserError
-from replicate.report.evaluation import read_scores, summarize_scores
-from replicate.rundir import read_resolved, sweep_dirs
-from replicate.tables import fixed, html_table, interval, markdown, money, num
+from replicate.report.evaluation import gap_text, read_scores, summarize_scores
+from replicate.rundir import sweep_dirs
+from replicate.tables import html_table, markdown, money, num
+
+GRID = 2000  # n50 candidates, log-spaced from min(n)/100 to max(n)*100
+RESAMPLES = 400  # refits behind every interval of the fit
+SIGMA_FLOOR = 0.02  # no size's gap closed is trusted to better than +-0.02 (a collapsed interval must not decide the fit)
 
 
 def families_in(points: list[dict]) -> list[str]:
@@ -27,35 +28,77 @@ def families_in(points: list[dict]) -> list[str]:
     return list(dict.fromkeys(f for p in points for f in p["families"]))
 
 
-def fit_saturating(ns, gs, sigmas=None) -> dict:
-    """Weighted least squares fit of g(n) = g_max * n / (n + n50).
+def fit_many(ns, gs, sigmas) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted least squares of g(n) = g_max * n / (n + n50) for each row of gs (B x sizes).
 
     For a fixed n50 the model is linear in g_max (x = n / (n + n50), g_max = sum(w g x) / sum(w x^2)),
-    so a log grid over n50 plus the closed form for g_max finds the global least-squares fit."""
-    ns, gs = np.asarray(ns, float), np.asarray(gs, float)
-    w = np.ones_like(gs) if sigmas is None else 1 / np.maximum(np.asarray(sigmas, float), 1e-3) ** 2
-    best = None
-    grid = np.geomspace(ns.min() / 100, ns.max() * 100, 2000)
-    for n50 in grid:
-        x = ns / (ns + n50)
-        g_max = float(np.sum(w * gs * x) / np.sum(w * x * x))
-        sse = float(np.sum(w * (gs - g_max * x) ** 2))
-        if best is None or sse < best[0]:
-            best = (sse, g_max, float(n50))
-    _, g_max, n50 = best
-    out = {"g_max": g_max, "n50": n50, "at_grid_edge": n50 in (grid[0], grid[-1])}
+    so a log grid over n50 plus the closed form for g_max finds the global least-squares fit.
+    Returns (g_max, n50, at the grid's edge) per row."""
+    ns, gs = np.asarray(ns, float), np.atleast_2d(np.asarray(gs, float))
+    w = 1 / np.asarray(sigmas, float) ** 2
+    grid = np.geomspace(ns.min() / 100, ns.max() * 100, GRID)
+    x = ns[None, :] / (ns[None, :] + grid[:, None])  # (grid, sizes)
+    sxx = (w * x * x).sum(1)  # (grid,)
+    g_max = (gs * w) @ x.T / sxx  # (B, grid)
+    sse = ((gs[:, None, :] - g_max[:, :, None] * x[None]) ** 2 * w).sum(2)
+    best = sse.argmin(1)
+    rows = np.arange(len(gs))
+    return g_max[rows, best], grid[best], (best == 0) | (best == GRID - 1)
+
+
+def fit_saturating(ns, gs, sigmas=None) -> dict:
+    """The best fit to one set of points: {"g_max", "n50", "at_grid_edge", "examples_50" or "why"}."""
+    sig = np.ones(len(ns)) if sigmas is None else np.maximum(np.asarray(sigmas, float), SIGMA_FLOOR)
+    g_max, n50, edge = (float(v[0]) for v in fit_many(ns, [gs], sig))
+    out = {"g_max": g_max, "n50": n50, "at_grid_edge": bool(edge)}
     if g_max > 0.5:
-        # g(n) = 0.5  <=>  g_max n = 0.5 (n + n50)  <=>  n = 0.5 n50 / (g_max - 0.5)
-        out["examples_50"] = 0.5 * n50 / (g_max - 0.5)
+        out["examples_50"] = examples_to(0.5, g_max, n50)
     else:
         out["why"] = f"not reached: fitted g_max = {g_max:.2f} <= 0.5"
     return out
 
 
+def examples_to(frac: float, g_max, n50):
+    """g(n) = frac  <=>  g_max n = frac (n + n50)  <=>  n = frac n50 / (g_max - frac); inf if g_max <= frac."""
+    g_max, n50 = np.asarray(g_max, float), np.asarray(n50, float)
+    with np.errstate(divide="ignore"):
+        n = np.where(g_max > frac, frac * n50 / np.where(g_max > frac, g_max - frac, 1), np.inf)
+    return float(n) if n.ndim == 0 else n
+
+
+def sigmas_of(points: list[dict], fam: str) -> np.ndarray:
+    """Each size's standard error from its 95 % interval ((hi - lo) / 3.92), floored at the median
+    one and SIGMA_FLOOR: no size counts more than a typical one (the old fit weighted a collapsed
+    [0, 0] interval 1e6 times, and the curve went through that point)."""
+    raw = []
+    for p in points:
+        ci = p["families"][fam].get("ci")
+        raw.append((ci[1] - ci[0]) / 3.92 if ci and ci[0] is not None else np.nan)
+    raw = np.array(raw, float)
+    known = raw[np.isfinite(raw)]
+    floor = max(SIGMA_FLOOR, float(np.median(known)) if len(known) else 0.25)
+    return np.maximum(np.where(np.isfinite(raw), raw, 4 * floor), floor)
+
+
+def resampled_fit(points: list[dict], fam: str, seed: int = 0) -> dict:
+    """The fit and RESAMPLES refits, each size's gap closed redrawn from Normal(point, sigma) (sizes
+    drawn independently: they share evaluation items, so this overstates the spread a little)."""
+    ns = np.array([p["examples"] for p in points], float)
+    gs = np.array([p["families"][fam]["gap_closed"] for p in points], float)
+    sig = sigmas_of(points, fam)
+    g_max, n50, edge = (v[0] for v in fit_many(ns, [gs], sig))
+    draws = np.random.default_rng(seed).normal(gs, sig, size=(RESAMPLES, len(ns)))
+    b_gmax, b_n50, _ = fit_many(ns, draws, sig)
+    return {"g_max": float(g_max), "n50": float(n50), "at_grid_edge": bool(edge), "largest": float(ns.max()),
+            "draws": (b_gmax, b_n50), "sizes": len(ns),
+            "not_measurable_at": [p["examples"] for p in points if p["families"][fam].get("gap_measurable") is False]}
+
+
 def copy_curve(root: Path) -> dict:
-    """Points (examples, cost of the copy, gap_closed per family), fits and the 50% statements."""
+    """Points (examples, cost of the copy, gap_closed per family) and the cost rates at this scale."""
     root = Path(root)
-    gen_usd = meter.spent_usd(root, "generate")
+    rows = meter.measured(meter.ledger(root), "generate")
+    gen_usd, gen_h = sum(r["usd"] for r in rows), sum(r["device_hours"] for r in rows)
     n_rows = len(files.read_jsonl(root / "data" / "train.jsonl")) or 1
     points = []
     for sub in sweep_dirs(root):
@@ -64,80 +107,52 @@ def copy_curve(root: Path) -> dict:
         if scores is None:
             continue  # this size has not been evaluated yet
         ev = summarize_scores(scores)
-        # The copy's cost: its share of the one generation pass (n of n_rows rows) + its fine-tune.
-        usd = gen_usd * n / n_rows + meter.spent_usd(sub, "finetune")
-        points.append({"examples": n, "usd": usd, "families": ev["families"], "illusion_gap": ev["illusion_gap"]})
-    sw = {"points": points, "fits": {}, "cost_of_copy": "share of generation + fine-tuning (evaluation excluded)"}
+        ft = meter.measured(meter.ledger(sub), "finetune")
+        # The copy's cost: its share of the one generation pass (n of n_rows rows) + ONE fine-tune
+        # (the mean over seeds: a copier trains once; the extra seeds are for the intervals).
+        seeds = max(ev.get("seeds", 1), 1)
+        points.append({"examples": n, "usd": gen_usd * n / n_rows + sum(r["usd"] for r in ft) / seeds,
+                       "device_hours": gen_h * n / n_rows + sum(r["device_hours"] for r in ft) / seeds,
+                       "families": ev["families"], "illusion_gap": ev["illusion_gap"],
+                       "illusion_gap_ci": ev.get("illusion_gap_ci"), "seeds": seeds})
+    sw = {"points": points, "cost_of_copy": "share of generation + one fine-tune (evaluation excluded)"}
     if len(points) >= 2:
-        ns = [p["examples"] for p in points]
-        usd = [p["usd"] for p in points]
-        b, a = np.polyfit(ns, usd, 1)
-        if a < 0 or b <= 0:  # no meaningful fixed cost: a rate through the origin, usd = b n
-            a, b = 0.0, float(np.dot(ns, usd) / np.dot(ns, ns))
-        sw["usd_per_example_fit"] = [float(a), float(b)]  # usd(n) = a + b n at this scale
-    cfg = read_resolved(root)
-    for fam in families_in(points):
-        pts = [p for p in points if (p["families"].get(fam) or {}).get("gap_closed") is not None]
-        if len(pts) < 2:
-            continue
-        gs = [p["families"][fam]["gap_closed"] for p in pts]
-        cis = [p["families"][fam].get("ci") for p in pts]
-        sig = [(c[1] - c[0]) / 3.92 if c else 1.0 for c in cis]  # 95% interval = +-1.96 sigma
-        fit = fit_saturating([p["examples"] for p in pts], gs, sig)
-        n50 = fit.get("examples_50")
-        if n50 is not None:
-            if "usd_per_example_fit" in sw:
-                a, b = sw["usd_per_example_fit"]
-                fit["usd_50_measured"] = a + b * n50
-            if n50 > 4 * max(p["examples"] for p in pts):
-                fit["note"] = "extrapolated beyond 4x the largest size: treat as a rough guess"
-            if cfg is not None:
-                fit["usd_50_full_scale"] = _full_scale_usd(cfg, math.ceil(n50))
-        sw["fits"][fam] = fit
-    if cfg is not None:
-        sw["full_scale"] = f"{cfg.finetune.hardware.count}x {cfg.finetune.hardware.gpu}, {cfg.prices} prices"
-    sw["note"] = ("Dollars to close 50%: 'here' from the measured cost per example of this sweep; 'full scale' "
-                  "from the cost model for the pipeline's own hardware and price year (generation + fine-tuning).")
+        for key in ("usd", "device_hours"):
+            sw[f"{key}_per_example_fit"] = linear_rate([p["examples"] for p in points], [p[key] for p in points])
     return sw
 
 
-def _full_scale_usd(cfg: Pipeline, n: int) -> float | None:
-    try:
-        return stage_usd(estimate_pipeline(with_examples(cfg, n)).to_dict(), "generate", "finetune")
-    except (UserError, ImportError):  # the cost model cannot price this pipeline: say nothing
-        return None
+def linear_rate(ns, ys) -> list[float]:
+    """[a, b] of y = a + b n at this scale; through the origin when the intercept comes out < 0."""
+    b, a = np.polyfit(ns, ys, 1)
+    if a < 0 or b <= 0:  # no meaningful fixed cost: a rate through the origin, y = b n
+        a, b = 0.0, float(np.dot(ns, ys) / np.dot(ns, ns))
+    return [float(a), float(b)]
 
 
-def sweep_tables(sw: dict) -> tuple[tuple[list, list], tuple[list, list]]:
+def sweep_tables(sw: dict) -> tuple[list, list]:
     fams = families_in(sw["points"])
-    head = ["examples", "$ of this copy (its share of generation + fine-tuning)"] + [f"{f} gap_closed [95% CI]" for f in fams]
+    head = ["examples", "$ of this copy", "seeds"] + [f"{f} gap closed [95% CI]" for f in fams] + ["illusion gap"]
     body = []
     for p in sw["points"]:
-        row = [str(p["examples"]), money(p.get("usd"))]
+        row = [str(p["examples"]), money(p.get("usd")), str(p.get("seeds", 1))]
         for f in fams:
             v = p["families"].get(f) or {}
-            row.append(interval(v.get("gap_closed"), v.get("ci")))
+            row.append(gap_text(v.get("gap_closed"), v.get("ci"), v.get("gap_measurable"), v.get("why")))
+        row.append(gap_text(p.get("illusion_gap"), p.get("illusion_gap_ci")))
         body.append(row)
-    fhead = ["family", "g_max", "n50 (half of g_max)", "examples to close 50%", "$ here (measured rate)",
-             f"$ at full scale ({sw.get('full_scale', '-')})"]
-    fbody = []
-    for fam, fit in sw["fits"].items():
-        fbody.append([fam, fixed(fit.get("g_max")), num(fit.get("n50")), num(fit.get("examples_50"))
-                      if fit.get("examples_50") else fit.get("why", "not reached"),
-                      money(fit.get("usd_50_measured")), money(fit.get("usd_50_full_scale"))])
-    return (head, body), (fhead, fbody)
+    return head, body
+
+
+NOTE = ("Fit per family: g(n) = g_max * n / (n + n50), weighted by each size's interval; the copy-risk card "
+        "turns it into examples and dollars to close 25/50/80 % of each gap.")
 
 
 def sweep_md(sw: dict) -> str:
-    (h, b), (fh, fb) = sweep_tables(sw)
-    return "\n".join(["## Copy curve (sweep over teacher examples)", "",
-                      ("Fit per family: g(n) = g_max * n / (n + n50). Examples to close 50% of the gap: "
-                       "g(n) = 0.5, i.e. n = n50 * 0.5 / (g_max - 0.5)."), "", markdown(h, b), "",
-                      markdown(fh, fb), "", sw.get("note", "")])
+    return "\n".join(["## Copy curve (sweep over teacher examples)", "", NOTE, "", markdown(*sweep_tables(sw)),
+                      "", f"Cost of a copy: {sw.get('cost_of_copy', '')}; {num(len(sw['points']))} sizes."])
 
 
 def sweep_html(sw: dict) -> str:
-    (h, b), (fh, fb) = sweep_tables(sw)
-    return ("<h2>Copy curve (sweep over teacher examples)</h2><p class=note>Fit per family: g(n) = g_max * n /"
-            " (n + n50); examples to close 50% of the gap solve g(n) = 0.5.</p>" + html_table(h, b)
-            + html_table(fh, fb) + f"<p class=note>{html.escape(sw.get('note', ''))}</p>")
+    return (f"<h2>Copy curve (sweep over teacher examples)</h2><p class=note>{html.escape(NOTE)}</p>"
+            + html_table(*sweep_tables(sw)))

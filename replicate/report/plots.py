@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import io
 
-from replicate.report.copy_curve import families_in
+from replicate.report.copy_curve import families_in, resampled_fit
 from replicate.tables import duration, money, num
 
 STAGE_COLORS = {"generate": "#4c72b0", "finetune": "#dd8452", "evaluate": "#55a868"}
-FAMILY_COLORS = {"style": "#c44e52", "fidelity": "#4c72b0", "capability": "#55a868"}
+FAMILY_COLORS = {"style": "#c44e52", "fidelity": "#4c72b0", "token": "#8172b3", "capability": "#55a868"}
 
 
 def _png(fig) -> bytes:
@@ -77,8 +77,9 @@ def estimate_vs_measured(rep: dict) -> bytes:
 
 
 def copy_curve(sw: dict) -> bytes:
-    """gap_closed vs teacher examples per family, with 95% intervals, the fitted saturating curve,
-    and a dollar axis on top (cumulative measured dollars at this scale)."""
+    """gap_closed vs teacher examples per family, with 95% intervals (hollow = gap not measurable
+    at that size), the fitted saturating curve, the 25/50/80 % lines of the copy-risk card, and a
+    dollar axis on top (measured dollars per copy at this scale)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -87,32 +88,62 @@ def copy_curve(sw: dict) -> bytes:
     ns = np.array([p["examples"] for p in pts], dtype=float)
     for fam in families_in(pts):
         color = FAMILY_COLORS.get(fam, "grey")
-        ys = [(p["families"].get(fam) or {}).get("gap_closed") for p in pts]
-        if all(y is None for y in ys):
+        have = [p for p in pts if (p["families"].get(fam) or {}).get("gap_closed") is not None]
+        if not have:
             continue
-        y = np.array([np.nan if v is None else v for v in ys])
-        cis = [(p["families"].get(fam) or {}).get("ci") for p in pts]
-        lo = np.array([y[i] - c[0] if c else 0 for i, c in enumerate(cis)])
-        hi = np.array([c[1] - y[i] if c else 0 for i, c in enumerate(cis)])
-        ax.errorbar(ns, y, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], fmt="o", color=color, capsize=3, label=fam)
-        fit = sw["fits"].get(fam) or {}
-        if fit.get("g_max") is not None:
+        x = np.array([p["examples"] for p in have], float)
+        y = np.array([p["families"][fam]["gap_closed"] for p in have])
+        cis = [p["families"][fam].get("ci") or [None, None] for p in have]
+        lo = np.array([y[i] - c[0] if c[0] is not None else 0 for i, c in enumerate(cis)])
+        hi = np.array([c[1] - y[i] if c[1] is not None else 0 for i, c in enumerate(cis)])
+        ax.errorbar(x, y, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], fmt="none", ecolor=color, capsize=3)
+        solid = np.array([p["families"][fam].get("gap_measurable") is not False for p in have])
+        ax.scatter(x[solid], y[solid], color=color, label=fam, zorder=3)
+        ax.scatter(x[~solid], y[~solid], facecolors="none", edgecolors=color, zorder=3)
+        if len(have) >= 2:
+            fit = resampled_fit(have, fam)
             grid = np.geomspace(ns.min() / 2, ns.max() * 4, 100)
             ax.plot(grid, fit["g_max"] * grid / (grid + fit["n50"]), color=color, alpha=0.6, lw=1.2)
-    ax.axhline(0.5, color="grey", ls=":", lw=1)
+    for f in (0.25, 0.5, 0.8):
+        ax.axhline(f, color="grey", ls=":", lw=0.8)
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xscale("log")
     ax.set_xlabel("teacher examples (fine-tuning set size)")
-    ax.set_ylabel("gap closed (0 = base, 1 = teacher)")
+    ax.set_ylabel("gap closed (0 = base, 1 = ceiling)")
     a, b = sw.get("usd_per_example_fit") or (0.0, 0.0)
     if b > 0:
-        # usd(n) = a + b*n, the measured cost of one point of the sweep at this scale.
+        # usd(n) = a + b*n, the measured cost of one copy of the sweep at this scale.
         sec = ax.secondary_xaxis("top", functions=(lambda n: a + b * np.asarray(n), lambda u: (np.asarray(u) - a) / b))
-        sec.set_xlabel("measured $ per point at this scale")
+        sec.set_xlabel("measured $ per copy at this scale")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=9, loc="best", title="lines: g(n) = g_max n / (n + n50)", title_fontsize=8)
+        ax.legend(fontsize=9, loc="best", title="lines: g(n) = g_max n / (n + n50); hollow: not measurable",
+                  title_fontsize=8)
     else:  # no family had a defined gap_closed (e.g. teacher and base score the same)
         ax.text(0.5, 0.5, "gap_closed undefined at every size", transform=ax.transAxes, ha="center")
+    return _png(fig)
+
+
+def gap_closed(ev: dict) -> bytes:
+    """Each family's gap closed and the illusion gaps, with 95% intervals; hollow = not measurable."""
+    import matplotlib.pyplot as plt
+
+    rows = [(fam, v["gap_closed"], v.get("ci"), v.get("gap_measurable"), FAMILY_COLORS.get(fam, "grey"))
+            for fam, v in ev["families"].items() if v.get("gap_closed") is not None]
+    for key, label in (("illusion_gap", "illusion gap (fidelity - capability)"),
+                       ("illusion_gap_style", "illusion gap (style - capability)")):
+        if ev.get(key) is not None:
+            rows.append((label, ev[key], ev.get(key + "_ci"), ev.get(key + "_measurable"), "black"))
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * max(len(rows), 1)))
+    for i, (label, g, ci, measurable, color) in enumerate(rows):
+        if ci and ci[0] is not None:
+            ax.plot(ci, [i, i], color=color, lw=2, alpha=0.7)
+        ax.scatter([g], [i], color="white" if measurable is False else color, edgecolors=color, zorder=3, s=40)
+    ax.set_yticks(range(len(rows)), [r[0] + ("" if r[3] is not False else " (not measurable)") for r in rows])
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.5)
+    ax.axvline(1, color="grey", ls=":", lw=1)
+    ax.set_xlabel("gap closed [95% CI] (0 = base, 1 = ceiling)")
+    ax.set_title("How much of the teacher was copied", fontsize=10)
     return _png(fig)
 
 
@@ -127,4 +158,6 @@ def all_plots(rep: dict) -> dict[str, bytes]:
         out["estimate_vs_measured"] = estimate_vs_measured(rep)
     if rep.get("sweep") and rep["sweep"]["points"]:
         out["copy_curve"] = copy_curve(rep["sweep"])
+    if rep.get("evaluation") and rep["evaluation"]["families"]:
+        out["gap_closed"] = gap_closed(rep["evaluation"])
     return out

@@ -5,7 +5,9 @@ import base64
 import html
 
 from replicate.report.copy_curve import sweep_html, sweep_md
-from replicate.report.evaluation import eval_html, eval_md
+from replicate.report.copy_risk import card_html, card_md
+from replicate.report.copy_risk import headline as risk_headline
+from replicate.report.evaluation import eval_html, eval_md, gap_text
 from replicate.tables import duration, html_table, markdown, money, num
 
 
@@ -39,7 +41,8 @@ def stage_table(rep: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def headline(rep: dict) -> str:
-    """One sentence: what it cost against the estimate, and how much was copied."""
+    """What it cost against the estimate, how much was copied (with 95 % intervals and whether
+    each gap was measurable at all), and the copy-risk card's summary."""
     t = rep["totals"]
     m, e, r = t["measured"], t["estimate"], t["ratio"]
     estimated = [s["stage"] for s in rep["stages"] if s["estimate"]]
@@ -53,11 +56,14 @@ def headline(rep: dict) -> str:
             f" (measured / estimated = {r['usd']:.2f})." if r["usd"] else ".")
     ev = rep.get("evaluation")
     if ev and ev.get("families"):
-        fams = ", ".join(f"{k} {v['gap_closed']:.2f}" for k, v in ev["families"].items() if v["gap_closed"] is not None)
-        text += f" Gap closed: {fams}" if fams else " Gap closed: undefined for every family (see the evaluation)"
+        fams = ", ".join(f"{k} {gap_text(v['gap_closed'], v['ci'], v.get('gap_measurable'))}"
+                         for k, v in ev["families"].items() if v["gap_closed"] is not None)
+        text += f" Gap closed [95% CI]: {fams}" if fams else " Gap closed: undefined for every family (see the evaluation)"
         if ev.get("illusion_gap") is not None:
-            text += f"; illusion gap {ev['illusion_gap']:.2f}"
+            text += f"; illusion gap {gap_text(ev['illusion_gap'], ev.get('illusion_gap_ci'), ev.get('illusion_gap_measurable'))}"
         text += "."
+    if rep.get("copy_risk"):
+        text += " " + risk_headline(rep["copy_risk"])
     return text
 
 
@@ -70,6 +76,8 @@ def render_md(rep: dict) -> str:
     out = [f"# Replication report: {rep['name']}", ""]
     out.append(f"Run directory `{rep['run_dir']}`; measured on {', '.join(rep['devices']) or 'nothing yet'}.")
     out += ["", headline(rep)]
+    if rep.get("copy_risk"):
+        out += ["", card_md(rep["copy_risk"])]
     out += ["", "## Cost: estimated vs measured", "", UNITS, ""]
     out.append(markdown(*stage_table(rep)))
     if rep.get("notes"):
@@ -84,7 +92,7 @@ def render_md(rep: dict) -> str:
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;
 text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%;
-display:block;margin:1em 0}.note{color:#555}"""
+display:block;margin:1em 0}.note{color:#555}ul.warn{color:#8a4b00}"""
 
 
 def render_html(rep: dict, pngs: dict[str, bytes]) -> str:
@@ -101,6 +109,7 @@ def render_html(rep: dict, pngs: dict[str, bytes]) -> str:
              (f"<p class=note>Run directory <code>{html.escape(rep['run_dir'])}</code>; measured on "
               f"{html.escape(', '.join(rep['devices']) or 'nothing yet')}.</p>"),
              f"<p><b>{html.escape(headline(rep))}</b></p>",
+             card_html(rep["copy_risk"]) if rep.get("copy_risk") else "",
              f"<h2>Cost: estimated vs measured</h2><p class=note>{html.escape(UNITS)}</p>",
              html_table(*stage_table(rep))]
     if rep.get("notes"):
@@ -108,7 +117,7 @@ def render_html(rep: dict, pngs: dict[str, bytes]) -> str:
                      + "".join(f"<li>{html.escape(n)}</li>" for n in rep["notes"]) + "</ul>")
     parts += [img("cost_breakdown"), img("estimate_vs_measured")]
     if rep.get("evaluation"):
-        parts.append(eval_html(rep["evaluation"]))
+        parts += [eval_html(rep["evaluation"]), img("gap_closed")]
     if rep.get("sweep"):
         parts += [sweep_html(rep["sweep"]), img("copy_curve")]
     parts.append("</body></html>")
