@@ -1,8 +1,9 @@
 """Synthetic Alpaca rows with Alpaca's length profile, for throughput benchmarks.
 
 Lengths are lognormal like the 52K Alpaca rows (instruction ~15 words, output ~100 words, 40 % with
-an input), so the Alpaca template makes prompts of ~60 and completions of ~130 tokens, as in
-/work/shared/device/trl_sft_baseline.py. Word values do not matter for speed; lengths do.
+an input), so the Alpaca template makes prompts of ~60 and completions of ~130 tokens, as in the
+H200 TRL reference run of 2026-11-26 (SmolLM2 tokenizer). Word values do not matter for speed;
+lengths do.
 """
 from __future__ import annotations
 

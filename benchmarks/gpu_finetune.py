@@ -1,8 +1,9 @@
 """GPU: the stage's training loop (`run_finetune`) on a random-init Qwen2.5-0.5B-shaped model
 (SmolLM2 tokenizer, vocab 49152, 402M params) on Alpaca-length synthetic rows, against plain TRL
 defaults in the same process. One JSON line per config, then a table. MFU = 6N x non-padding
-tokens/s / peak, N = all 402M parameters (as /work/shared/reference/gpu-baseline.md: plain loop
-31 % of the measured peak, TRL defaults 4.9 %), against the bf16 matmul peak measured at start.
+tokens/s / peak, N = all 402M parameters (as the reference measurements on the same H200,
+2026-11-26, made with scripts outside this repository: a plain PyTorch loop 31 % of the measured
+peak, TRL defaults 4.9 %), against the bf16 matmul peak measured at start.
 
 Prepare here, once (the image has torch, transformers, accelerate, peft, pyarrow, xxhash, rich, yaml;
 not trl, datasets, dill, multiprocess, pydantic; 4.5 MB of wheels):

