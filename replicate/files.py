@@ -232,12 +232,27 @@ def _jsonable(o: Any) -> Any:
     return o.item() if hasattr(o, "item") else str(o)
 
 
+def finite(o: Any) -> Any:
+    """`o` with every NaN or infinity as None (null): JSON has no such numbers, and this program
+    reads JSON strictly (parse_json), so what it writes must read back. A `never` (an infinite
+    number of examples) is null in the files, as an undefined score is."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [finite(v) for v in o]
+    if hasattr(o, "item") and getattr(o, "ndim", 0) == 0:  # a numpy scalar
+        return finite(o.item())
+    return o
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=_jsonable) + "\n")
+    write_atomic(path, json.dumps(finite(data), indent=2, ensure_ascii=False, default=_jsonable, allow_nan=False) + "\n")
 
 
 def jsonl_text(rows) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return "".join(json.dumps(finite(r), ensure_ascii=False, default=_jsonable, allow_nan=False) + "\n" for r in rows)
 
 
 def write_jsonl(path: str | Path, rows) -> None:
@@ -291,7 +306,7 @@ def append_jsonl(path: str | Path, row: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     repair_tail(path)
-    data = (json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n").encode()
+    data = jsonl_text([row]).encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)

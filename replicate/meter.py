@@ -250,10 +250,13 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        if self.m.chunk_id in {r.get("chunk_id") for r in ledger(self.run_dir)}:
+        # A chunk whose line is in the ledger needs no heartbeat; nor does one refused for its input
+        # or settings (a UserError other than the budget's): seconds of checking, not work to meter.
+        refused = exc_type is not None and issubclass(exc_type, UserError) and not issubclass(exc_type, BudgetExceeded)
+        if refused or self.m.chunk_id in {r.get("chunk_id") for r in ledger(self.run_dir)}:
             self.path.unlink(missing_ok=True)
         else:
             self._beat()  # the most recent time, for `recover`

