@@ -110,9 +110,9 @@ def test_killed_run_resumes_to_the_same_steps_and_data_order(tmp_path, tiny_dir,
     assert [s["crc"] for s in steps.values()] == [s["crc"] for s in ref_steps.values()]  # same batches, same order
     assert steps[metrics["global_step"]]["loss"] == pytest.approx(ref_steps[metrics["global_step"]]["loss"], rel=1e-4)
     # The killed chunk's line comes from its heartbeat, marked interrupted, with the seconds it ran
-    # (at most a heartbeat's interval short); then the resumed chunk's own line.
+    # at least until its last checkpoint; then the resumed chunk's own line.
     killed, line = [r for r in read_jsonl(run_dir / "ledger.jsonl") if r["kind"] == "measured"]
-    assert killed["interrupted"] and killed["wall_s"] > 1 and killed["usd"] > 0
+    assert killed["interrupted"] and killed["wall_s"] > 0 and killed["usd"] > 0
     assert line["steps_this_run"] == metrics["global_step"] - metrics["resumed_from_step"]
 
 

@@ -55,6 +55,22 @@ def read_metrics(path: Path) -> dict:
     return metrics
 
 
+def _until_last_checkpoint(out_dir: Path):
+    """For meter.recover: a killed chunk ran at least until its newest checkpoint was saved (a
+    short run may be killed before its heartbeat's first interval has passed)."""
+    def fix(row: dict) -> dict:
+        import datetime as dt
+
+        saved = [p.stat().st_mtime for p in (out_dir / "checkpoints").glob("checkpoint-*/trainer_state.json")]
+        started = dt.datetime.fromisoformat(row["started_at"]).timestamp()
+        wall = max([row["wall_s"]] + [t - started for t in saved if t > started])
+        row.update(wall_s=round(wall, 3), device_hours=wall * row["num_devices"] / 3600,
+                   usd=wall * row["num_devices"] / 3600 * row["usd_per_device_hour"])
+        return row
+
+    return fix
+
+
 def run_finetune(cfg: Pipeline, run_dir: Path, *, train_file: Path | None = None,
                  out_dir: Path | None = None, max_usd: float | None = None) -> dict:
     """Train (or resume) and return the metrics; a finished stage returns its saved metrics."""
@@ -68,7 +84,7 @@ def run_finetune(cfg: Pipeline, run_dir: Path, *, train_file: Path | None = None
     if done.is_file():
         return read_metrics(done)
     check_method(cfg.finetune.method)
-    meter.recover(run_dir, "finetune")  # a chunk killed without warning: its metered time, once
+    meter.recover(run_dir, "finetune", _until_last_checkpoint(out_dir))  # a killed chunk's time, once
     if settings["train_data_sha256"]:  # what the checkpoints to come are made with (no data: train() says so)
         files.write_json(out_dir / SETTINGS, settings)
     if cfg.finetune.hardware.count > 1 and not in_distributed_worker():
