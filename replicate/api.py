@@ -163,9 +163,9 @@ def run(spec: str | Path | dict | Pipeline, *, run_dir: str | Path | None = None
 
 def report(run_dir: str | Path) -> Report:
     """Rebuild report.md/.html/.json of a run (or sweep) directory and return its numbers."""
-    from replicate.report import write_report
+    from replicate.report import rebuild_report
 
-    return _report(write_report(Path(run_dir)))
+    return _report(rebuild_report(Path(run_dir)))
 
 
 __all__ = ["Estimate", "Plan", "PlanOption", "Report", "StageCost", "estimate", "pipeline", "plan", "report", "run"]

@@ -97,15 +97,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from replicate.config import load_pipeline
-    from replicate.finetune import run_finetune
-    from replicate.pipeline import budget_left, record_stage_estimate, with_budget
+    from replicate.finetune import read_metrics, run_finetune
+    from replicate.pipeline import budget_left, finetune_seeds, record_stage_estimate, with_budget
     from replicate.rundir import default_run_dir, run_lock
 
     cfg = with_budget(load_pipeline(args.pipeline, args.overrides), args.max_usd)
     run_dir = default_run_dir(cfg.name, args.run_dir)
     with run_lock(run_dir):
         record_stage_estimate(cfg, run_dir, "finetune")
-        m = run_finetune(cfg, run_dir, max_usd=budget_left(cfg, run_dir, "finetune"))
+        if cfg.finetune.seeds > 1:  # every seed's student, as `run` trains them (the estimate counts them all)
+            finetune_seeds(cfg, run_dir, (cfg, run_dir))
+            m = read_metrics(run_dir / "student" / "train_metrics.json")
+        else:
+            m = run_finetune(cfg, run_dir, max_usd=budget_left(cfg, run_dir, "finetune"))
     if args.json:
         print(json.dumps(m, indent=2, default=str))
         return 0
@@ -117,7 +121,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from replicate.config import evaluation_pipeline
     from replicate.evaluate import run_evaluate
-    from replicate.pipeline import budget_left, record_stage_estimate, with_budget
+    from replicate.pipeline import budget_left, record_stage_estimate, student_dirs, with_budget
     from replicate.report.evaluation import print_summary, write_summary
     from replicate.rundir import default_run_dir, run_lock
 
@@ -127,8 +131,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with run_lock(run_dir):
         if args.pipeline:  # three models named on the command line have no pipeline to estimate
             record_stage_estimate(cfg, run_dir, "evaluate")
+        # a pipeline's run: every fine-tuning seed's student (their spread enters the intervals)
+        seeds = [d / "merged" for d in student_dirs(cfg, run_dir)] if args.pipeline and not args.student else None
         scores = run_evaluate(cfg, run_dir, student_dir=Path(args.student) if args.student else None,
-                              max_usd=budget_left(cfg, run_dir, "evaluate"))
+                              student_dirs=seeds, max_usd=budget_left(cfg, run_dir, "evaluate"))
         write_summary(run_dir / "eval", scores)
     if args.json:
         print(json.dumps(scores, indent=2, default=float))
@@ -164,17 +170,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from replicate.report import write_report
-    from replicate.rundir import run_lock
+    from replicate.report import rebuild_report
 
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory")
-    if not (run_dir / "ledger.jsonl").is_file():  # before the lock: a folder that is no run gets no .lock
-        raise UserError(f"{run_dir}: no ledger.jsonl yet (run `replicate run` first)")
-    with run_lock(run_dir):
-        paths = write_report(run_dir)
-    return _print_report(paths, args.json)
+    return _print_report(rebuild_report(Path(args.run_dir)), args.json)
 
 
 def _export(args: argparse.Namespace, run_dir: Path) -> dict | None:
@@ -230,11 +228,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_launchers(args: argparse.Namespace) -> int:
     from replicate.config import load_pipeline
     from replicate.finetune.nodes import write_launchers
+    from replicate.pipeline import budget_left, with_budget
     from replicate.rundir import default_run_dir
 
-    cfg = load_pipeline(args.pipeline, args.overrides)
-    paths = write_launchers(cfg, default_run_dir(cfg.name, args.run_dir), main_ip=args.main_ip, port=args.port,
-                            nodes=args.nodes, max_usd=args.max_usd)
+    cfg = with_budget(load_pipeline(args.pipeline, args.overrides), args.max_usd)
+    run_dir = default_run_dir(cfg.name, args.run_dir)
+    # The job may spend what is left now of the run directory's ceiling (a rerun of `launchers`
+    # after a partial job gives it less).
+    paths = write_launchers(cfg, run_dir, main_ip=args.main_ip, port=args.port, nodes=args.nodes,
+                            max_usd=budget_left(cfg, run_dir, "the multi-node fine-tune"))
     if args.json:
         print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     else:
@@ -278,6 +280,22 @@ def _count(text: str) -> int:
     if not 1 <= n <= 10_000:
         raise argparse.ArgumentTypeError(f"expected 1 to 10000, got {n}")
     return n
+
+
+def _hours(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected hours, e.g. 24, got {text!r}") from None
+    if not math.isfinite(x) or x <= 0 or x > 1e6:
+        raise argparse.ArgumentTypeError(f"expected a finite number of hours above 0, got {text!r}")
+    return x
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port, 1 to 65535, got {text!r}")
+    return int(text)
 
 
 def _year(text: str) -> int:
@@ -390,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     _prices_arg(p)
     p.add_argument("--teacher", default="gpt-4o-mini", help="teacher (API model or catalog model)")
     p.add_argument("--top", type=_count, default=10, help="options shown")
-    p.add_argument("--max-hours", type=float, default=24.0, help="wall-clock limit, data + fine-tuning")
+    p.add_argument("--max-hours", type=_hours, default=24.0, help="wall-clock limit, data + fine-tuning")
     p.add_argument("--objective", default="quality", choices=("quality", "cost", "time"),
                    help="how options are ranked (docs/cost-model.md, `replicate plan`)")
     p.add_argument("--software", type=int, default=2026, choices=(2023, 2026), help="training stack and recipe year")
@@ -455,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_arg(p)
     _run_dir_arg(p)
     p.add_argument("--main-ip", default="127.0.0.1", help="address of node 0, where the processes meet")
-    p.add_argument("--port", type=int, default=29500, help="node 0's rendezvous port")
+    p.add_argument("--port", type=_port, default=29500, help="node 0's rendezvous port")
     p.add_argument("--nodes", type=int, help="nodes (default: finetune.hardware.count / the device's gpus_per_node)")
     _max_usd_arg(p)
     _json_arg(p, "the files written")

@@ -226,7 +226,7 @@ class Finetune(Strict):
     """Optimizer steps between evaluations during training (cost model: a published recipe's HF
     Trainer `evaluation_strategy=steps`); None = no evaluation. The finetune stage does not
     evaluate during training."""
-    eval_examples: int = Field(0, ge=0)
+    eval_examples: Count = 0
     """Rows each of those evaluations runs forward (cost model)."""
     eval_tokens: PositiveFloat | None = None
     """Mean tokens of an evaluated row (cost model); None = the training rows' mean."""
@@ -302,7 +302,7 @@ class Evaluate(Strict):
     """How the teacher is asked for the reference answers of open items: training = the way it wrote
     the training rows (self-instruct: as item 4 of its list; respond: its respond prompt), so the
     student is scored in the format it was trained on; chat = a plain chat turn."""
-    control: str | None = None
+    control: Text | None = None
     """An independent model of the base's size that was NOT trained on the teacher (e.g. the base's
     own instruction-tuned release), scored like the student: what copying adds beyond it."""
     student_prompt: Literal["alpaca", "chat"] = "alpaca"
@@ -335,7 +335,7 @@ class Published(Strict):
     """Where the numbers come from (URL and date)."""
     notes: Annotated[str, Field(max_length=10000)] | None = None
     """What the figures include or leave out, and which inputs are inferred."""
-    disputed: str | None = None
+    disputed: Text | None = None
     """Why this wall-clock is shown but not fitted to nor held to the tolerance: another primary
     source measured the same recipe and disagrees (docs/cost-model.md, "Published replications")."""
 

@@ -246,6 +246,7 @@ class Heartbeat:
             self._beat()
 
     def __enter__(self) -> Self:
+        recover(self.run_dir, self.m.stage)  # a killed chunk's heartbeat no stage recovered yet: not overwritten
         self._beat()
         self._thread.start()
         return self
@@ -260,6 +261,20 @@ class Heartbeat:
             self.path.unlink(missing_ok=True)
         else:
             self._beat()  # the most recent time, for `recover`
+
+
+def recover_within(run_dir: str | Path, stage_name: str, max_usd: float | None,
+                   fix: Callable[[dict], dict] | None = None) -> float | None:
+    """`recover`, then what is left of the caller's `max_usd` (computed before the recovered line
+    was in the ledger); None = no limit. Nothing left: BudgetExceeded, before any work starts."""
+    usd = recover(run_dir, stage_name, fix)
+    if max_usd is None:
+        return None
+    if max_usd - usd <= 0:
+        raise BudgetExceeded(f"the budget is spent before {stage_name} could continue (a killed chunk's "
+                             f"${usd:.4g} was recovered into the ledger); raise --max-usd and rerun the same "
+                             "command to resume")
+    return max_usd - usd
 
 
 def recover(run_dir: str | Path, stage_name: str, fix: Callable[[dict], dict] | None = None) -> float:

@@ -55,7 +55,7 @@ def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = Non
         raise UserError("evaluate: nothing to evaluate (evaluate.examples and evaluate.probes are both 0)")
     distribution = capability.measure_distribution(probes, _rows(run_dir, "train.jsonl"), _rows(run_dir, "held_out.jsonl"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    meter.recover(run_dir, "evaluate")  # a chunk killed without warning: its metered time, once
+    max_usd = meter.recover_within(run_dir, "evaluate", max_usd)  # a killed chunk's metered time, once
     usd_per_hour = generations.usd_per_device_hour(cfg)
     with (meter.stage(run_dir, "evaluate", usd_per_device_hour=usd_per_hour, max_usd=max_usd) as m,
           generations.progress() as bar):

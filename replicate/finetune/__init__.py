@@ -25,7 +25,9 @@ __all__ = ["run_finetune"]
 
 SETTINGS = "settings.json"  # what the student (and its checkpoints) were trained with
 # Keys that do not change what is learned: a resume may change them.
-FREE = ("keep_checkpoints", "save_steps", "compile", "attn_implementation")
+FREE = ("keep_checkpoints", "save_steps", "compile", "attn_implementation",
+        # the cost model's own keys: they price a run, they do not change what is trained
+        "software", "eval_steps", "eval_examples", "eval_tokens", "overlap_comm", "quantization", "paged_optimizer")
 
 
 def _settings(cfg: Pipeline, train_file: Path) -> dict:
@@ -84,7 +86,7 @@ def run_finetune(cfg: Pipeline, run_dir: Path, *, train_file: Path | None = None
     if done.is_file():
         return read_metrics(done)
     check_method(cfg.finetune.method)
-    meter.recover(run_dir, "finetune", _until_last_checkpoint(out_dir))  # a killed chunk's time, once
+    max_usd = meter.recover_within(run_dir, "finetune", max_usd, _until_last_checkpoint(out_dir))  # a killed chunk's time
     if settings["train_data_sha256"]:  # what the checkpoints to come are made with (no data: train() says so)
         files.write_json(out_dir / SETTINGS, settings)
     if cfg.finetune.hardware.count > 1 and not in_distributed_worker():

@@ -86,12 +86,8 @@ def run_generate(cfg: Pipeline, run_dir: Path, *, max_usd: float | None = None,
         return _reuse(cfg, data_dir, examples)
     mode = make_mode(cfg)  # reads and checks the input files before any engine starts
     dataset.record_settings(data_dir, _settings(cfg))
-    recovered_usd = meter.recover(run_dir, "generate", dataset.exact_counts(log))  # a killed chunk's line, once
-    if max_usd is not None:
-        max_usd -= recovered_usd  # the caller's allowance was computed without it
-        if max_usd <= 0:
-            raise BudgetExceeded("the budget is spent before generate could continue: raise --max-usd and rerun "
-                                 "the same command to resume")
+    # a killed chunk's line, once; the caller's allowance was computed without it
+    max_usd = meter.recover_within(run_dir, "generate", max_usd, dataset.exact_counts(log))
     tally = Tally()
     for rec in log:
         tally.add(rec)

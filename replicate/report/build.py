@@ -116,6 +116,21 @@ def build_report(run_dir: str | Path) -> dict:
     return rep
 
 
+def rebuild_report(run_dir: Path) -> dict[str, Path]:
+    """`replicate report` and api.report: write_report of a finished or stopped run, under the run's
+    lock (a stage running there is not read half-way). Refuses a folder that is no run before
+    taking the lock, so it leaves no .lock behind."""
+    from replicate.rundir import run_lock
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    if not (run_dir / "ledger.jsonl").is_file():
+        raise UserError(f"{run_dir}: no ledger.jsonl yet (run `replicate run` first)")
+    with run_lock(run_dir):
+        return write_report(run_dir)
+
+
 def write_report(run_dir: str | Path) -> dict[str, Path]:
     """Write report.json, report.md and report.html (and eval/summary.md) into the run directory."""
     from replicate.report.plots import all_plots
