@@ -189,6 +189,8 @@ OPTION_CASES = [
     (["plan", "--budget", "five"], r"argument --budget: expected dollars"),
     (["plan", "--budget", "0"], r"--budget: must be positive"),
     (["plan", "--budget", "10", "--top", "0"], r"argument --top: expected 1 to 10000"),
+    (["plan", "--budget", "10", "--max-hours", "nan"], r"argument --max-hours: expected a finite number of hours"),
+    (["plan", "--budget", "10", "--max-hours", "0"], r"argument --max-hours: expected a finite number of hours"),
     (["plan", "--budget", "10", "--top", "x"], r"argument --top: expected a whole number"),
     (["plan", "--budget", "10", "--prices", "1999"], r"no price table for 1999"),
     (["plan", "--budget", "10", "--prices", "20x6"], r"argument --prices: expected a year"),

@@ -49,6 +49,47 @@ def test_a_finished_chunk_leaves_one_line_and_no_heartbeat(tmp_path):
     assert not meter.heartbeat_path(tmp_path, "finetune").exists()
 
 
+def test_recovered_dollars_come_off_the_allowance(tmp_path):
+    m = meter.StageMeter("finetune", "cpu: test", 1, 3600.0)  # $1 per second
+    m.t0 -= 2.0  # a chunk that ran 2 s, then was killed
+    files.write_json(meter.heartbeat_path(tmp_path, "finetune"), m.row())
+    assert meter.recover_within(tmp_path, "finetune", 5.0) == pytest.approx(3.0, abs=0.1)
+    assert meter.recover_within(tmp_path, "finetune", None) is None  # recovered once: nothing more
+    files.write_json(meter.heartbeat_path(tmp_path, "evaluate"), {**m.row(), "stage": "evaluate", "chunk_id": "b"})
+    with pytest.raises(meter.BudgetExceeded, match="spent before evaluate could continue"):
+        meter.recover_within(tmp_path, "evaluate", 1.5)
+    assert len(meter.measured(meter.ledger(tmp_path))) == 2  # both lines are in, whatever the budget says
+
+
+def test_a_heartbeat_left_behind_is_recovered_before_a_new_chunk_beats(tmp_path):
+    old = meter.StageMeter("finetune", "cpu: test", 1, 1.0)
+    files.write_json(meter.heartbeat_path(tmp_path, "finetune"), old.row())  # a killed chunk nobody recovered
+    new = meter.StageMeter("finetune", "cpu: test", 1, 1.0)
+    with meter.Heartbeat(tmp_path, new):
+        pass
+    (line,) = meter.ledger(tmp_path)
+    assert line["chunk_id"] == old.chunk_id and line["interrupted"]
+
+
+def test_a_chunk_refused_for_its_input_leaves_no_heartbeat(tmp_path):
+    m = meter.StageMeter("finetune", "cpu: test", 1, 1.0)
+    with pytest.raises(meter.UserError), meter.Heartbeat(tmp_path, m):
+        raise meter.UserError("train.jsonl:3: not valid JSON")
+    assert not meter.heartbeat_path(tmp_path, "finetune").exists() and meter.ledger(tmp_path) == []
+    with pytest.raises(meter.BudgetExceeded), meter.Heartbeat(tmp_path, m):
+        raise meter.BudgetExceeded("the budget")  # work was done: kept for `recover`
+    assert meter.heartbeat_path(tmp_path, "finetune").exists()
+
+
+def test_json_files_hold_null_for_numbers_json_has_not(tmp_path):
+    import numpy as np
+
+    files.write_json(tmp_path / "a.json", {"n50": float("inf"), "g": np.float64("nan"), "ok": [1.5, -np.inf]})
+    files.append_jsonl(tmp_path / "b.jsonl", {"x": float("nan")})
+    assert files.read_json(tmp_path / "a.json", "") == {"n50": None, "g": None, "ok": [1.5, None]}
+    assert files.read_jsonl(tmp_path / "b.jsonl") == [{"x": None}]
+
+
 @pytest.mark.slow
 def test_kill_during_engine_start_is_recovered_with_its_wall_time(tmp_path):
     """SIGKILL `replicate generate` (and its engine processes) while the vLLM engine is starting:
