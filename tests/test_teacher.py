@@ -170,3 +170,17 @@ def test_transformers_backend_counts_and_stops(teacher_dir):
     stop = outs[0].text.strip()[:2]
     cut = t.complete([RAW], Sampling(max_tokens=6, temperature=0.0, stop=(stop,)))[0]
     assert cut.finish_reason == "stop" and stop not in cut.text and cut.output_tokens < 6
+
+
+def test_a_loaded_machine_is_named_before_the_cpu_engine_starts(monkeypatch, caplog):
+    from replicate.engines import vllm as engine
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.5, 0.0, 0.0))
+    with caplog.at_level("WARNING", logger="replicate"):
+        engine.warn_if_loaded()
+    assert f"load average {cores + 1.5:.1f} on {cores} cores" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
+    engine.warn_if_loaded()
+    assert caplog.text == ""

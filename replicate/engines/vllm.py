@@ -9,8 +9,8 @@ kills what it had started before the interrupt goes on.
 """
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,8 +63,9 @@ def warn_if_loaded() -> None:
     slows all of them. Say so when the machine is busy before the engine even starts."""
     load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
     if load > cores:
-        print(f"warning: this machine is loaded (load average {load:.1f} on {cores} cores): the CPU engine "
-              "will be slower than on a quiet machine, and its measured cost higher", file=sys.stderr, flush=True)
+        logging.getLogger("replicate").warning(
+            f"this machine is loaded (load average {load:.1f} on {cores} cores): the CPU engine will be slower "
+            "than on a quiet machine, and its measured cost higher (docs/benchmarks.md, engine binding)")
 
 
 class VLLMEngine(Backend):
