@@ -163,6 +163,20 @@ def read_json_object(path: str | Path, missing: str) -> dict:
     return data
 
 
+def check_model(where: str, data: Any, model, remedy: str) -> None:
+    """`data` (read from `where`: a file, or file:line) must validate against the pydantic `model`
+    (what this program writes there); the first problem is one UserError line, with `remedy`."""
+    from pydantic import ValidationError  # here, not at the top: the cost model reads files without pydantic
+
+    try:
+        model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise UserError(f"{where}: {field + ': ' if field else ''}{err['msg'].removeprefix('Value error, ')}"
+                        f"{remedy}") from None
+
+
 def jsonl_rows(path: str | Path, missing: str, *, torn_ok: bool = False) -> Iterator[tuple[int, dict]]:
     """(line number, object) per non-blank line; anything that is not a JSON object is a UserError
     naming file:line. `torn_ok` (files this program appends to): a last line without its newline

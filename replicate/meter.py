@@ -87,14 +87,8 @@ def read_ledger(path: Path) -> list[dict]:
         return []
     rows = []
     for lineno, row in files.jsonl_rows(path, "no such ledger", torn_ok=True):
-        try:
-            LedgerLine.model_validate(row)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise UserError(f"{path}:{lineno}: {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}"
-                            "; this is not a line `replicate` wrote: fix or delete it (the ledger is the run's "
-                            "record of spending)") from None
+        files.check_model(f"{path}:{lineno}", row, LedgerLine, "; this is not a line `replicate` wrote: fix or "
+                          "delete it (the ledger is the run's record of spending)")
         rows.append(row)
     return rows
 

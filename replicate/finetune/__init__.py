@@ -12,11 +12,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from replicate import files, meter, rundir
 from replicate.config import Pipeline
-from replicate.errors import UserError
 from replicate.finetune.checks import in_distributed_worker
 from replicate.finetune.launch import launch_processes
 from replicate.finetune.train import check_method, train
@@ -48,12 +47,8 @@ class TrainMetrics(BaseModel):
 
 def read_metrics(path: Path) -> dict:
     metrics = files.read_json_object(path, "")
-    try:
-        TrainMetrics.model_validate(metrics)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']} (not the metrics `replicate "
-                        f"finetune` writes: delete {path.parent} to train the student again)") from None
+    files.check_model(str(path), metrics, TrainMetrics, f" (not the metrics `replicate finetune` writes: delete "
+                      f"{path.parent} to train the student again)")
     return metrics
 
 

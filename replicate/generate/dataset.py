@@ -198,11 +198,6 @@ def read_done(data_dir: Path) -> dict | None:
     if not path.exists():
         return None
     done = files.read_json_object(path, "")
-    try:
-        Done.model_validate(done)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}; delete it to let generate "
-                        "rebuild it from data/log.jsonl") from None
+    files.check_model(str(path), done, Done, "; delete it to let generate rebuild it from data/log.jsonl")
     return done
 

@@ -14,10 +14,9 @@ import html
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from replicate import files, tables
-from replicate.errors import UserError
 
 SCORES = "scores.json"
 DEFINITION = ("gap_closed = (student - base) / (ceiling - base): 0 = the base, 1 = the ceiling (output fidelity: "
@@ -41,12 +40,8 @@ def read_scores(run_dir: str | Path) -> dict | None:
     if not path.exists():
         return None
     scores = files.read_json_object(path, "")
-    try:
-        Scores.model_validate(scores)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']} (not the scores `replicate "
-                        "evaluate` writes: delete it and rerun evaluate)") from None
+    files.check_model(str(path), scores, Scores, " (not the scores `replicate evaluate` writes: delete it and rerun "
+                      "evaluate)")
     return scores
 
 
