@@ -131,7 +131,7 @@ def test_run_a_writes_every_output_and_one_ledger_line(run_a):
     assert (ev / "scores.json").stat().st_mtime >= (ev / "samples.jsonl").stat().st_mtime
     (line,) = [r for r in read_jsonl(run_dir / "ledger.jsonl") if r["stage"] == "evaluate"]
     assert line["kind"] == "measured" and line["output_tokens"] > 0 and line["judge_prompt_tokens"] > 0
-    assert line["judge_unresolved"] == s["counts"]["judge"]["unresolved"]["base"]
+    assert line["judge_unresolved"] == sum(s["counts"]["judge"]["unresolved"].values())  # every role's
 
 
 def _reuse_generations(run_a, tmp_path_factory, name):
