@@ -31,6 +31,9 @@ class Unreachable(UserError):
     """The server could not be reached (or kept failing) after every retry."""
 
 
+SETTLE_S = 3.0  # the most a stop waits for cancelled requests and closing connections
+
+
 class OpenAIEngine(Backend):
     name = "openai"
 
@@ -147,8 +150,12 @@ class OpenAIEngine(Backend):
                 task.cancel()
 
             async def settle() -> None:  # the cancelled tasks end, the connections close
-                await asyncio.gather(*running, return_exceptions=True)
-                await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
+                # Bounded: an interrupt that lands inside the HTTP library's own cleanup can leave a
+                # task waiting on the server (up to request_timeout_s); a stop must not wait for it.
+                if running:
+                    await asyncio.wait(running, timeout=SETTLE_S)
+                closing = [asyncio.ensure_future(c.close()) for c in clients.values()]
+                await asyncio.wait(closing, timeout=SETTLE_S)
 
             try:
                 loop.run_until_complete(settle())
