@@ -261,15 +261,23 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"replicate: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
 
 
-def _dollars(text: str) -> float:
-    """A dollar amount: a finite number >= 0 (`nan`, `inf`, `-1`, `abc` are refused)."""
+def _finite(text: str, unit: str, example: str, fits, range_text: str) -> float:
+    """A finite number in range (`nan`, `inf` and `abc` are refused, each with one clear line)."""
     try:
         x = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected dollars, e.g. 2.50, got {text!r}") from None
-    if not math.isfinite(x) or x < 0 or x > 1e12:
-        raise argparse.ArgumentTypeError(f"expected a finite amount of dollars between 0 and 1e12, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {unit}, e.g. {example}, got {text!r}") from None
+    if not math.isfinite(x) or not fits(x):
+        raise argparse.ArgumentTypeError(f"expected {range_text}, got {text!r}")
     return x
+
+
+def _dollars(text: str) -> float:
+    return _finite(text, "dollars", "2.50", lambda x: 0 <= x <= 1e12, "a finite amount of dollars between 0 and 1e12")
+
+
+def _hours(text: str) -> float:
+    return _finite(text, "hours", "24", lambda x: 0 < x <= 1e6, "a finite number of hours above 0")
 
 
 def _count(text: str) -> int:
@@ -280,16 +288,6 @@ def _count(text: str) -> int:
     if not 1 <= n <= 10_000:
         raise argparse.ArgumentTypeError(f"expected 1 to 10000, got {n}")
     return n
-
-
-def _hours(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected hours, e.g. 24, got {text!r}") from None
-    if not math.isfinite(x) or x <= 0 or x > 1e6:
-        raise argparse.ArgumentTypeError(f"expected a finite number of hours above 0, got {text!r}")
-    return x
 
 
 def _port(text: str) -> int:
