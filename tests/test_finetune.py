@@ -133,6 +133,21 @@ def test_two_processes_train_the_same_tokens_as_one(tmp_path, tiny_dir, referenc
     assert line["num_devices"] == 2 and line["trained_tokens"] == ref_metrics["trained_tokens"]
 
 
+def test_grouped_padding_trains_the_same_tokens_with_far_less_padding(tmp_path, tiny_dir, reference):
+    """padding: grouped = transformers' length-grouped sampler: every example once per epoch, in
+    batches of similar lengths, so the padded tokens shrink (the cost model counts them as none)."""
+    from replicate.finetune import run_finetune
+
+    metrics = {}
+    for padding in ("longest", "grouped"):
+        path, run_dir = make_run(tmp_path, padding, tiny_dir, method="lora", packing=False, padding=padding,
+                                 save_steps=100)
+        metrics[padding] = run_finetune(parse_pipeline(yaml.safe_load(path.read_text())), run_dir)
+    assert metrics["grouped"]["trained_tokens"] == metrics["longest"]["trained_tokens"] == \
+        reference[0]["trained_tokens"]
+    assert metrics["grouped"]["padding_fraction"] < metrics["longest"]["padding_fraction"] / 2
+
+
 def test_budget_stop_saves_a_checkpoint_then_resumes(tmp_path, tiny_dir):
     from replicate.finetune import run_finetune
 

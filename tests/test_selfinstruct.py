@@ -316,3 +316,27 @@ def test_structured_output_regex_accepts_only_what_the_parser_reads():
                 good.replace("\n###", "\n5. Instruction: a line that starts an item\n###"),
                 " Hi\n4. Input:\n<noinput>\n4. Output:\nx\n###"):     # an instruction of < 8 characters
         assert not regex.fullmatch(bad), bad
+
+
+def test_the_demos_packaged_instruction_list_is_usable_training_input():
+    """The demo answers `packaged:demo_instructions` (respond mode): enough rows for its 300
+    training + 30 held-out rows after a sixth is lost to truncation, each passing Alpaca's rule
+    filters, none a near-duplicate (ROUGE-L > 0.7) of another, of a seed task or of an evaluation
+    item (which the contamination filter would drop, and which would leak the test set)."""
+    from replicate.config import Evaluate
+    from replicate.generate.contamination import Contamination, eval_items, task_text
+    from replicate.generate.dataset import rows_needed
+
+    rows = load_instructions("packaged:demo_instructions")
+    assert len(rows) * 5 / 6 >= rows_needed(300, 0.1)
+    assert [r for r in rows if rule_violation(r["instruction"])] == []
+    evaluation = Contamination(eval_items(Evaluate()))
+    assert [r for r in rows if evaluation.near(r)] == []
+    seen = RougeDedup([task_text(s.__dict__) for s in load_seed_tasks()])
+    assert [r for r in rows if not seen.add_if_novel(task_text(r))] == []
+
+
+def test_packaged_files_are_named_and_an_unknown_one_is_a_clear_error(tmp_path):
+    assert len(load_seed_tasks("packaged:seed_tasks")) == len(load_seed_tasks())
+    with pytest.raises(UserError, match=r"^packaged:demo: no such packaged file \(packaged: demo_instructions, "):
+        load_instructions("packaged:demo")

@@ -81,7 +81,7 @@ class TrainJob:
     epochs: float = 3
     max_length: int = 512
     packing: bool = False
-    padding: str = "longest"  # longest | max_length (without packing)
+    padding: str = "longest"  # longest | max_length | grouped (without packing)
     length_sigma: float = 0.6  # spread of example lengths (lognormal sigma): padding waste, truncation
     too_long: str = "truncate"  # truncate | drop: rows longer than max_length (finetune.too_long)
     split_long: bool = False  # long rows cut into max_length pieces instead (data.split_long, FastChat)
@@ -132,6 +132,8 @@ def _seq(job: TrainJob, micro_batch: int) -> tuple[float, float, float]:
         return math.ceil(rows * mean / job.max_length), float(job.max_length), rows * mean
     if job.padding == "max_length":
         return rows, float(job.max_length), rows * mean
+    if job.padding == "grouped":  # length-sorted neighbours: the waste left is taken as none
+        return rows, mean, rows * mean
     return rows, padded_length(mean, job.length_sigma, micro_batch, job.max_length), rows * mean
 
 

@@ -147,6 +147,8 @@ def sft_config(cfg: Pipeline, out_dir: Path, bf16: bool, world: int):
         disable_tqdm=True, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
         ddp_find_unused_parameters=False if world > 1 else None,
     )
+    if ft.padding == "grouped" and not ft.packing:  # random megabatches, each sorted by length
+        kw["train_sampling_strategy"] = "group_by_length"
     kw.update(options.sft_args(ft.sft_args))
     if kw.get("report_to") and "logging_dir" not in ft.sft_args:
         kw["logging_dir"] = str(out_dir / "logs")  # TensorBoard & co. write beside the student

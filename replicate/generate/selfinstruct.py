@@ -35,7 +35,9 @@ from replicate.prompts import alpaca_prompt, user_message
 from replicate.prompts import continue_as_assistant as chat_prompt  # noqa: F401 (modes.py: si.chat_prompt)
 from replicate.prompts import self_instruct_prompt as build_prompt
 
-SEED_TASKS = Path(__file__).resolve().parent.parent / "data" / "seed_tasks.jsonl"
+DATA = Path(__file__).resolve().parent.parent / "data"
+SEED_TASKS = DATA / "seed_tasks.jsonl"
+PACKAGED = "packaged:"
 NUM_PROMPT_INSTRUCTIONS = 3  # seed tasks shown per prompt (Alpaca samples 3 seeds, no machine tasks)
 NUM_TASKS = 20  # length of the list the teacher is asked to write
 SIMILARITY_THRESHOLD = 0.7  # drop when ROUGE-L F > 0.7 against anything kept (0.7 itself is kept)
@@ -87,11 +89,23 @@ class SeedTask:
     is_classification: bool
 
 
+def data_file(path: str | Path) -> Path:
+    """A user's file, or `packaged:NAME`: the package's own replicate/data/NAME.jsonl (e.g.
+    `packaged:demo_instructions`, the demo's list), found wherever the package is installed."""
+    text = str(path)
+    if not text.startswith(PACKAGED):
+        return Path(path)
+    name, shipped = text[len(PACKAGED):], sorted(p.stem for p in DATA.glob("*.jsonl"))
+    if name not in shipped:
+        raise UserError(f"{text}: no such packaged file (packaged: {', '.join(shipped)})")
+    return DATA / f"{name}.jsonl"
+
+
 def load_seed_tasks(path: str | Path | None = None) -> list[SeedTask]:
     """Seed tasks from JSONL (default: the package's own set). One object per line with
     `instruction`, `output`, optional `input` ("" = none), `is_classification`, `id`; Alpaca's
     own format (`instances: [{input, output}]`) is read too. Errors name the file and line."""
-    path = Path(path) if path is not None else SEED_TASKS
+    path = data_file(path) if path is not None else SEED_TASKS
     tasks = []
     for lineno, row in jsonl_rows(path, "seed tasks file not found"):
         if "instances" in row and isinstance(row["instances"], list) and row["instances"]:
@@ -255,8 +269,8 @@ def _instruction(item: SeedTask | dict | str) -> str:
 def load_instructions(path: str | Path, require_output: bool = False) -> list[dict]:
     """Rows from JSONL: `instruction` and optional `input` per line; with require_output (an
     existing Alpaca dataset, mode `none`) also a non-empty `output`. Other keys are ignored.
-    Errors name the file and line."""
-    path = Path(path)
+    Errors name the file and line. `packaged:NAME` = the package's file (data_file)."""
+    path = data_file(path)
     rows = []
     for lineno, row in jsonl_rows(path, "instructions file not found"):
         out = {"instruction": _text_field(row, "instruction", path, lineno, required=True),
