@@ -110,14 +110,14 @@ def pipeline(spec: str | Path | dict | Pipeline, overrides: list[str] = ()) -> P
 
 
 def estimate(spec: str | Path | dict | Pipeline, *, prices: int | None = None, calibration: str | Path | None = None,
-             overrides: list[str] = ()) -> Estimate:
-    """Predict a pipeline's cost without running it."""
+             overrides: list[str] = (), software: int | None = None) -> Estimate:
+    """Predict a pipeline's cost without running it (`software`: as `replicate estimate --software`)."""
     from replicate.cost import estimate_pipeline
     from replicate.cost.params import load_calibration
 
     cfg = pipeline(spec, overrides)
     d = estimate_pipeline(cfg, prices_year=prices, calibration=load_calibration(calibration and str(calibration)),
-                          source=str(spec) if isinstance(spec, (str, Path)) else None).to_dict()
+                          source=str(spec) if isinstance(spec, (str, Path)) else None, software=software).to_dict()
     stages = [StageCost(s["name"], s["device"], s["usd"], s["usd_low"], s["usd_high"], s["gpu_hours"],
                         s["wall_hours"], s) for s in d["stages"]]
     t = d["total"]
@@ -125,12 +125,15 @@ def estimate(spec: str | Path | dict | Pipeline, *, prices: int | None = None, c
                     stages, d["notes"], d)
 
 
-def plan(max_usd: float, *, prices: int | None = None, teacher: str = "gpt-4o-mini", top: int = 10) -> Plan:
-    """The best replications `max_usd` buys, ranked (evaluation not included)."""
+def plan(max_usd: float, *, prices: int | None = None, teacher: str = "gpt-4o-mini", top: int = 10,
+         max_hours: float = 24.0, objective: str = "quality", software: int = 2026) -> Plan:
+    """The best replications `max_usd` buys within `max_hours`, ranked by `objective` (quality,
+    cost or time), as `replicate plan` (evaluation not included)."""
     from replicate.cost.catalog import newest_price_year
     from replicate.cost.plan import plan as plan_options
 
-    d = plan_options(max_usd, prices or newest_price_year(), teacher, top)
+    d = plan_options(max_usd, prices or newest_price_year(), teacher, top, max_hours=max_hours, objective=objective,
+                     software=software)
     opts = [PlanOption(o["student"], o["params"], o["examples"], o["method"], o["gpu"], o["count"], o["usd"],
                        o["wall_hours"], o.get("limit", "")) for o in d["options"]]
     return Plan(d["budget_usd"], d["prices"], d["teacher"], opts, d)
@@ -148,14 +151,16 @@ def _report(paths: dict) -> Report:
 
 
 def run(spec: str | Path | dict | Pipeline, *, run_dir: str | Path | None = None,
-        calibration: str | Path | None = None, overrides: list[str] = ()) -> Report:
-    """The whole replication (estimate, generate, finetune, evaluate, report); a rerun resumes."""
+        calibration: str | Path | None = None, overrides: list[str] = (), max_usd: float | None = None) -> Report:
+    """The whole replication (estimate, generate, finetune, evaluate, report); a rerun resumes.
+    `max_usd`: as `--max-usd`, a hard ceiling on the run directory's measured dollars (default: the
+    pipeline's budget.max_usd)."""
     from replicate.cost.params import load_calibration
-    from replicate.pipeline import run_pipeline
+    from replicate.pipeline import run_pipeline, with_budget
     from replicate.rundir import default_run_dir
 
     _logging()
-    cfg = pipeline(spec, overrides)
+    cfg = with_budget(pipeline(spec, overrides), max_usd)
     paths = run_pipeline(cfg, default_run_dir(cfg.name, run_dir), calibration=load_calibration(
         calibration and str(calibration)))
     return _report(paths)

@@ -97,7 +97,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from replicate.config import load_pipeline
-    from replicate.finetune import read_metrics, run_finetune
+    from replicate.finetune import run_finetune
+    from replicate.finetune.resume import read_metrics
     from replicate.pipeline import budget_left, finetune_seeds, record_stage_estimate, with_budget
     from replicate.rundir import default_run_dir, run_lock
 

@@ -317,11 +317,16 @@ class _Watchdog:
 
     def __init__(self, m: StageMeter, max_usd: float):
         self.m, self.max_usd = m, max_usd
-        self.reserve = STOP_RESERVE_S * m.num_devices / 3600 * m.usd_per_device_hour
         self.lock, self.active, self.done = threading.Lock(), True, threading.Event()
         self.main = threading.main_thread().ident
         signal.signal(self.SIGNAL, _budget_stop)
         threading.Thread(target=self._watch, name="budget-watchdog", daemon=True).start()
+
+    @property
+    def reserve(self) -> float:
+        """Dollars kept back for stopping, at the price of now: a stage reprices once its engine
+        names the device it really runs on."""
+        return STOP_RESERVE_S * self.m.num_devices / 3600 * self.m.usd_per_device_hour
 
     def _watch(self) -> None:
         while not self.done.wait(0.2):

@@ -23,6 +23,7 @@ every interval includes the spread between training runs (docs/evaluation.md).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from replicate import files, meter, options
@@ -43,6 +44,9 @@ def with_budget(cfg: Pipeline, max_usd: float | None) -> Pipeline:
     """The pipeline with `--max-usd` (when given) as its budget.max_usd: one limit, one meaning."""
     if max_usd is None:
         return cfg
+    if isinstance(max_usd, bool) or not isinstance(max_usd, (int, float)) or not (
+            math.isfinite(max_usd) and 0 <= max_usd <= 1e12):  # the CLI parses; the Python API arrives here
+        raise UserError(f"max_usd: expected a finite amount of dollars between 0 and 1e12, got {max_usd!r}")
     return cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"max_usd": max_usd})})
 
 

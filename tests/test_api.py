@@ -47,6 +47,25 @@ def test_api_errors_are_the_cli_one_liners():
         api.estimate({"name": "x", "student": {"model": "packaged:gemma-3-270m"}})
 
 
+def test_plan_takes_the_clis_limits_and_objective(capsys):
+    best = api.plan(50, prices=2026, max_hours=2, objective="cost", software=2023, top=3)
+    assert main(["plan", "--budget", "50", "--prices", "2026", "--max-hours", "2", "--objective", "cost",
+                 "--software", "2023", "--top", "3", "--json"]) == 0
+    assert best.data == json.loads(capsys.readouterr().out)
+    assert all(o.wall_hours <= 2 for o in best.options)
+    assert [o.usd for o in best.options] == sorted(o.usd for o in best.options)  # cheapest first
+
+
+def test_run_takes_a_budget_and_refuses_a_bad_one_before_creating_anything(tmp_path):
+    tiny = str(ROOT / "pipelines/tiny-cpu.yaml")
+    for bad in (float("nan"), -1, "1", True):
+        with pytest.raises(UserError, match=r"^max_usd: expected a finite amount of dollars"):
+            api.run(tiny, run_dir=tmp_path / "x", max_usd=bad)
+    with pytest.raises(UserError, match=r"over the budget \(--max-usd / budget.max_usd = \$0.0001\)"):
+        api.run(tiny, run_dir=tmp_path / "x", max_usd=0.0001)
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_the_documented_run_example_runs():
     scope = run_block(BLOCKS[1])

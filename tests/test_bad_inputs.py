@@ -77,7 +77,7 @@ def run_state(**files) -> dict:
 
 def student_settings(**changes) -> dict:
     from replicate.config import parse_pipeline
-    from replicate.finetune import _settings
+    from replicate.finetune.resume import _settings
 
     return _settings(parse_pipeline(_deep(GOOD, **changes)), Path("r/data/train.jsonl"))
 

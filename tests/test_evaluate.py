@@ -14,6 +14,7 @@ import pytest
 from scripted_server import ScriptedServer
 
 from replicate.config import Evaluate, Pipeline, Student, Teacher
+from replicate.cost import catalog
 from replicate.errors import UserError
 from replicate.evaluate import generations, run_evaluate
 from replicate.files import read_jsonl
@@ -162,9 +163,14 @@ def test_base_as_its_own_student_closes_nothing(run_a, tmp_path_factory, teacher
                                                 monkeypatch):
     run_dir = _reuse_generations(run_a, tmp_path_factory, "run-b")
     monkeypatch.setattr(generations, "_open_backend", lambda *a: pytest.fail("no engine should start"))
-    cfg = _cfg(teacher_dir, tiny_dir, instructions)
+    # evaluation priced on two devices (evaluate.hardware): the meter multiplies one device's price by 2
+    cfg = _cfg(teacher_dir, tiny_dir, instructions, hardware={"gpu": "cpu", "count": 2})
     # two "seeds" that are the base itself: generated once, reused, scored as two students
     s = run_evaluate(cfg, run_dir, student_dirs=[tiny_dir, tiny_dir])
+    (line,) = [r for r in read_jsonl(run_dir / "ledger.jsonl") if r["stage"] == "evaluate"]
+    one_cpu = catalog.usd_per_device_hour("cpu", cfg.prices)
+    assert line["num_devices"] == 2 and line["usd_per_device_hour"] == one_cpu
+    assert line["usd"] == pytest.approx(line["wall_s"] / 3600 * 2 * one_cpu, rel=0.01)
     assert s["students"] == ["student", "student_2"] and len(s["metrics"]["rougeL_f"]["student"]["per_seed"]) == 2
     for name, m in s["metrics"].items():
         if m.get("gap_closed", {}).get("mean") is not None:

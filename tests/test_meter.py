@@ -20,14 +20,18 @@ def test_a_heartbeat_keeps_the_line_current_while_the_main_thread_waits(tmp_path
     m = meter.StageMeter("generate", "cpu: test", 1, 3.6)  # $3.6/h = $0.001/s
     with meter.Heartbeat(tmp_path, m, interval_s=0.05):
         m.add(output_tokens=7)
-        time.sleep(0.4)  # the main thread blocked (an engine starting): no code of ours runs
-        beat = files.read_json(meter.heartbeat_path(tmp_path, "generate"), "")
+        deadline = time.monotonic() + 10  # a loaded machine may run the heartbeat thread late
+        while True:
+            time.sleep(0.2)  # the main thread blocked (an engine starting): no code of ours writes
+            beat = files.read_json(meter.heartbeat_path(tmp_path, "generate"), "")
+            if beat["wall_s"] >= 0.25 or time.monotonic() > deadline:
+                break
         assert beat["wall_s"] >= 0.25 and beat["output_tokens"] == 7 and beat["chunk_id"] == m.chunk_id
     # nothing in the ledger yet: the heartbeat stays for `recover`, with the final time
     assert meter.heartbeat_path(tmp_path, "generate").exists()
     assert meter.recover(tmp_path, "generate") == pytest.approx(m.wall_s * 0.001, rel=0.2)
     (line,) = meter.ledger(tmp_path)
-    assert line["interrupted"] and line["output_tokens"] == 7 and line["wall_s"] >= 0.4
+    assert line["interrupted"] and line["output_tokens"] == 7 and line["wall_s"] >= 0.25
     assert meter.recover(tmp_path, "generate") == 0.0 and len(meter.ledger(tmp_path)) == 1  # once only
 
 

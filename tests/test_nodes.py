@@ -74,3 +74,12 @@ def test_two_nodes_on_loopback_train_like_one_process(tmp_path, tiny_dir):
     assert metrics["global_step"] == one["global_step"] // 2  # 48 rows: 12 steps of 4 alone, 6 of 2 x 4
     (line,) = [r for r in read_jsonl(two / "ledger.jsonl") if r["stage"] == "finetune"]
     assert line["num_devices"] == 2
+    assert (two / "student" / "settings.json").is_file()  # the launcher's job ran the stage's checks first
+    # the node scripts again, once done: they check, find the student finished and train nothing
+    mtime = (two / "student" / "train_metrics.json").stat().st_mtime
+    procs = [subprocess.Popen(["bash", str(paths[f"node-{r}"])], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(x[-3000:] for x in logs)
+    assert (two / "student" / "train_metrics.json").stat().st_mtime == mtime
+    assert len([r for r in read_jsonl(two / "ledger.jsonl") if r["stage"] == "finetune"]) == 1

@@ -108,7 +108,8 @@ class Replicas(Backend):
         inboxes = [queue.Queue() for _ in self.engines]
         out: queue.Queue = queue.Queue()
         in_flight = [0] * len(self.engines)
-        workers = [threading.Thread(target=self._serve, args=(i, e, inboxes[i], out, sampling), daemon=True)
+        stop = threading.Event()  # set when the caller leaves early: every replica aborts what it runs
+        workers = [threading.Thread(target=self._serve, args=(i, e, inboxes[i], out, sampling, stop), daemon=True)
                    for i, e in enumerate(self.engines)]
         for w in workers:
             w.start()
@@ -123,7 +124,7 @@ class Replicas(Backend):
                         in_flight[i] += 1
                         inboxes[i].put(req)
                 if not any(in_flight):
-                    return
+                    break
                 i, item = out.get()
                 if isinstance(item, BaseException):
                     raise item
@@ -132,14 +133,17 @@ class Replicas(Backend):
                 item.server = f"replica-{i}"
                 yield item
         finally:
+            if any(in_flight):  # Ctrl-C, a budget stop, an error, or the caller closed the stream
+                stop.set()
             for box in inboxes:
                 box.put(None)  # the workers end once their engine has nothing left
             for w in workers:
                 w.join(timeout=60)
 
     @staticmethod
-    def _serve(i: int, engine: Backend, inbox: queue.Queue, out: queue.Queue, sampling: Sampling) -> None:
-        """One replica: stream whatever arrives in its inbox; end on None."""
+    def _serve(i: int, engine: Backend, inbox: queue.Queue, out: queue.Queue, sampling: Sampling,
+               stop: threading.Event) -> None:
+        """One replica: stream whatever arrives in its inbox; end on None, or at once on `stop`."""
         closed, pending = False, 0  # pending: handed to this engine, not finished yet
 
         def feed(n: int) -> list[Request]:
@@ -158,8 +162,8 @@ class Replicas(Backend):
             return got
 
         try:
-            while not closed:
-                for c in engine.stream(feed, sampling):
+            while not closed and not stop.is_set():
+                for c in engine.stream(feed, sampling, stop=stop):
                     pending -= 1
                     out.put((i, c))
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, which raises it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,7 +133,9 @@ class VLLMEngine(Backend):
             structured_outputs=StructuredOutputsParams(regex=sampling.regex) if sampling.regex else None,
         )
 
-    def stream(self, feed: Feed, sampling: Sampling) -> Iterator[Completion]:
+    def stream(self, feed: Feed, sampling: Sampling, stop: threading.Event | None = None) -> Iterator[Completion]:
+        """As Backend.stream; `stop` (Replicas: the caller left early) ends it at the next engine
+        step, the requests in flight aborted."""
         engine = self.llm.llm_engine
         pending: dict[str, tuple[Request, float, str]] = {}  # caller's id -> (request, enqueued at, engine id)
         ask = True  # ask the feed again only after something finished (or at the start)
@@ -151,6 +154,8 @@ class VLLMEngine(Backend):
                 if not engine.has_unfinished_requests():  # step() would wait forever
                     raise RuntimeError(f"vLLM dropped {len(pending)} requests without finishing them")
                 ask = False
+                if stop is not None and stop.is_set():
+                    return
                 for out in engine.step():
                     if not out.finished or out.request_id not in pending:
                         continue

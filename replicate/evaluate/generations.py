@@ -116,12 +116,11 @@ def prompt_text(c: Contender, tok, item: dict, kind: str = "probe") -> str:
     return p if isinstance(p, str) else render_chat(tok, p)
 
 
-def usd_per_device_hour(cfg: Pipeline) -> float:
-    """Price of the device the evaluation runs on (evaluate.hardware, else the teacher's)."""
-
-
+def device_price(cfg: Pipeline) -> tuple[float, int]:
+    """(price of one device, devices) the evaluation runs on (evaluate.hardware, else the
+    teacher's); the meter multiplies the two, as for the other stages."""
     hw = cfg.evaluate.hardware or cfg.teacher.hardware
-    return catalog.usd_per_device_hour(hw.gpu, cfg.prices, hw.spot) * hw.count
+    return catalog.usd_per_device_hour(hw.gpu, cfg.prices, hw.spot), hw.count
 
 
 @contextlib.contextmanager

@@ -56,8 +56,9 @@ def run_evaluate(cfg: Pipeline, run_dir: Path, *, student_dir: Path | None = Non
     distribution = capability.measure_distribution(probes, _rows(run_dir, "train.jsonl"), _rows(run_dir, "held_out.jsonl"))
     out_dir.mkdir(parents=True, exist_ok=True)
     max_usd = meter.recover_within(run_dir, "evaluate", max_usd)  # a killed chunk's metered time, once
-    usd_per_hour = generations.usd_per_device_hour(cfg)
-    with (meter.stage(run_dir, "evaluate", usd_per_device_hour=usd_per_hour, max_usd=max_usd) as m,
+    usd_per_hour, devices = generations.device_price(cfg)
+    with (meter.stage(run_dir, "evaluate", usd_per_device_hour=usd_per_hour, num_devices=devices,
+                      max_usd=max_usd) as m,
           generations.progress() as bar):
         gen = generations.generate_all(cons, opens, probes, cfg, out_dir, bar, teacher_backend=teacher)
         m.add(prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens)

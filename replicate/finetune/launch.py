@@ -105,8 +105,16 @@ def worker_main(argv: list[str]) -> int:
     """One process under accelerate: the same `train` as a single-process run."""
     job = files.read_json(argv[0], "no such job file")
     cfg = Pipeline.model_validate(job["pipeline"])
+    run_dir, train_file, out_dir, max_usd = Path(job["run_dir"]), Path(job["train_file"]), Path(job["out_dir"]), job["max_usd"]
     try:
-        train(cfg, Path(job["run_dir"]), Path(job["train_file"]), Path(job["out_dir"]), job["max_usd"])
+        if job.get("prepare"):  # a node launcher's job: no `replicate finetune` ran the checks before it
+            from replicate.finetune.resume import prepare
+
+            finished, max_usd = prepare(cfg, run_dir, train_file, out_dir, max_usd,
+                                        main=os.environ.get("RANK", "0") == "0")
+            if finished is not None:
+                return 0  # done earlier: a rerun of the node scripts trains nothing
+        train(cfg, run_dir, train_file, out_dir, max_usd)
     except BudgetExceeded as e:
         print(f"replicate: {e}", file=sys.stderr)
         return 3

@@ -44,7 +44,8 @@ def write_launchers(cfg: Pipeline, run_dir: Path, *, main_ip: str, port: int = 2
     out = run_dir / "student" / "launch"
     out.mkdir(parents=True, exist_ok=True)
     job = {"pipeline": cfg.model_dump(mode="json"), "run_dir": str(run_dir),
-           "train_file": str(run_dir / "data" / "train.jsonl"), "out_dir": str(run_dir / "student"), "max_usd": max_usd}
+           "train_file": str(run_dir / "data" / "train.jsonl"), "out_dir": str(run_dir / "student"), "max_usd": max_usd,
+           "prepare": True}
     files.write_json(out / "job.json", job)
     py = python or sys.executable
     paths = {"job": out / "job.json"}
