@@ -206,3 +206,8 @@ def _workspace(vocab: int, dtype, device) -> _Workspace:
         _kept[key] = _Workspace(*(torch.empty(rows, vocab, dtype=d, device=device)
                                   for d in (torch.float32, torch.float32, dtype)))
     return _kept[key]
+
+
+def release_workspace() -> None:
+    """Free the kept buffers (training is over)."""
+    _kept.clear()

@@ -18,7 +18,7 @@ from replicate import files, log, meter, options
 from replicate.config import Pipeline
 from replicate.errors import BudgetExceeded, UserError, missing_extra
 from replicate.finetune.checks import check_memory, last_good_checkpoint
-from replicate.finetune.cpu_lm_head import use_cpu_lm_head
+from replicate.finetune.cpu_lm_head import release_workspace, use_cpu_lm_head
 from replicate.finetune.data import Collator, pack_examples, read_alpaca, tokenize_examples
 from replicate.precision import Precision, announce
 from replicate.precision import resolve as resolve_precision
@@ -204,6 +204,7 @@ def _train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_us
     # 5. Train, resuming from the last complete checkpoint; one ledger line per run or chunk.
     chunk.set(precision=precision.as_ledger())
     resume = run_trainer(trainer, meter_cb, run_dir, chunk, data.stats, out_dir / "checkpoints", rank)
+    release_workspace()  # the LM head's buffers (cpu_lm_head.py): not needed by what follows
     summary = meter_cb.summary(trainer.state)  # every rank: the totals are summed across processes
     result = {**summary, "resumed_from_step": _step_of(resume)}
     if meter_cb.budget_stopped:
