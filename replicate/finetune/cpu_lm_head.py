@@ -18,7 +18,8 @@ TRL's), chunked over tokens instead, each chunk against the whole vocabulary:
   so it can run in bf16 (TRL accumulates in fp32 to avoid rounding every vocabulary tile's
   product; one GEMM over the whole vocabulary has nothing to round in between);
 - the statistics take a few in-place passes (max, exp, sum; a dot product for the entropy) in a
-  workspace of three [256 x V] buffers (640 MiB for a 262K vocabulary) kept from step to step.
+  workspace of three [tokens x V] buffers (at most 640 MiB, 256 tokens of a 262K vocabulary) kept
+  from step to step and freed when training ends.
 Measured: 2.05 s instead of 6.75 s for one step's head (benchmarks/cpu_lm_head.py).
 
     use_cpu_lm_head()   # before the SFTTrainer is built; a no-op on a machine with CUDA
@@ -42,8 +43,14 @@ def use_cpu_lm_head() -> None:
 
     if torch.cuda.is_available() or not hasattr(trl_utils, "_ChunkedLogProbFunction"):
         return
-    trl_utils._use_triton = lambda device: True  # only the `compact` decision reads this name there
     original = getattr(trl_utils._ChunkedLogProbFunction, "original", trl_utils._ChunkedLogProbFunction)
+    use_triton = getattr(trl_utils._use_triton, "original", trl_utils._use_triton)
+
+    def compact(device) -> bool:  # only the `compact` decision reads this name there; other devices as TRL decides
+        return device.type == "cpu" or use_triton(device)
+
+    compact.original = use_triton
+    trl_utils._use_triton = compact
 
     class Dispatch:
         """TRL calls `_ChunkedLogProbFunction.apply(...)`: CPU tensors here, others to TRL's."""
@@ -82,9 +89,10 @@ def cpu_log_prob_function():
             log_sum_sq = torch.empty(n, **f32) if want["log_sum_sq_probs"] else None
             mean_logits = torch.empty(n, **f32) if want["mean_logits"] else None
             is_top1 = torch.empty(n, dtype=torch.bool, device=hidden.device) if want["is_top1"] else None
+            w = weight.to(dtype)  # once per call, not per chunk (fp32 master weights under bf16 autocast)
             with torch.autocast("cpu", enabled=False):
                 for s, e in _chunks(n, vocab):
-                    z, _, ws = _logits(hidden[s:e], weight, bias, dtype, ctx.transform)
+                    z, _, ws = _logits(hidden[s:e], w, bias, dtype, ctx.transform)
                     if is_top1 is not None:  # argmax: the first maximum, so a tie with an earlier token is not top-1
                         is_top1[s:e] = z.argmax(-1) == targets[s:e]
                     if mean_logits is not None:
@@ -111,42 +119,50 @@ def cpu_log_prob_function():
 
         @staticmethod
         def backward(ctx, grad_log_probs, grad_entropy, *_):
+            from trl.trainer.utils import maybe_gather_lm_head_ctx
+
             hidden, weight, bias, targets, log_z, entropy = ctx.saved_tensors
-            need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-            inv_t, _, logit_scale = ctx.transform
-            n, vocab = hidden.shape[0], weight.shape[0]
-            grad_hidden = torch.empty_like(hidden) if need_hidden else None
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32) if need_weight else None
-            grad_bias = torch.zeros(vocab, dtype=torch.float32) if need_bias else None
-            with torch.autocast("cpu", enabled=False):
-                for s, e in _chunks(n, vocab):
-                    z, (h, w, tanh), ws = _logits(hidden[s:e], weight, bias, ctx.dtype, ctx.transform)
-                    log_p = z.sub_(log_z[s:e, None])
-                    grad = torch.exp(log_p, out=ws.p[:e - s])  # p, made the gradient in place below
-                    if grad_entropy is not None:  # d entropy / dz_j = -p_j (log p_j + entropy): before p is overwritten
-                        d_entropy = grad_entropy[s:e, None].float() * grad * (log_p + entropy[s:e, None])
-                    if grad_log_probs is None:
-                        grad.zero_()
-                    else:  # d log p_target / dz_j = 1[j = target] - p_j
-                        g = grad_log_probs[s:e, None].float()
-                        grad.mul_(-g).scatter_add_(-1, targets[s:e, None], g)
-                    if grad_entropy is not None:
-                        grad -= d_entropy
-                    if inv_t * logit_scale != 1.0:
-                        grad *= inv_t * logit_scale
-                    if tanh is not None:
-                        grad *= 1 - tanh * tanh
-                    grad = ws.low[:e - s].copy_(grad) if ctx.dtype != torch.float32 else grad
-                    if grad_hidden is not None:
-                        grad_hidden[s:e] = (grad @ w).to(hidden.dtype)
-                    if grad_weight is not None:
-                        grad_weight += (grad.t() @ h).float()
-                    if grad_bias is not None:
-                        grad_bias += grad.sum(0, dtype=torch.float32)
-            return (grad_hidden,
-                    grad_weight.to(weight.dtype) if grad_weight is not None else None,
-                    grad_bias.to(bias.dtype) if grad_bias is not None else None,
-                    None, None, None, None, None, None)
+            with maybe_gather_lm_head_ctx(weight, bias):  # ZeRO-3: the full weight, as TRL's backward
+                return _backward(ctx, hidden, weight, bias, targets, log_z, entropy, grad_log_probs, grad_entropy)
+
+    def _backward(ctx, hidden, weight, bias, targets, log_z, entropy, grad_log_probs, grad_entropy):
+        """The gradients (as TRL's backward returns them), chunk by chunk in the workspace."""
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        inv_t, _, logit_scale = ctx.transform
+        n, vocab = hidden.shape[0], weight.shape[0]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32) if need_weight else None
+        grad_bias = torch.zeros(vocab, dtype=torch.float32) if need_bias else None
+        w = weight.to(ctx.dtype)
+        with torch.autocast("cpu", enabled=False):
+            for s, e in _chunks(n, vocab):
+                z, (h, tanh), ws = _logits(hidden[s:e], w, bias, ctx.dtype, ctx.transform)
+                log_p = z.sub_(log_z[s:e, None])
+                grad = torch.exp(log_p, out=ws.p[:e - s])  # p, made the gradient in place below
+                if grad_entropy is not None:  # d entropy / dz_j = -p_j (log p_j + entropy): before p is overwritten
+                    d_entropy = grad_entropy[s:e, None].float() * grad * (log_p + entropy[s:e, None])
+                if grad_log_probs is None:
+                    grad.zero_()
+                else:  # d log p_target / dz_j = 1[j = target] - p_j
+                    g = grad_log_probs[s:e, None].float()
+                    grad.mul_(-g).scatter_add_(-1, targets[s:e, None], g)
+                if grad_entropy is not None:
+                    grad -= d_entropy
+                if inv_t * logit_scale != 1.0:
+                    grad *= inv_t * logit_scale
+                if tanh is not None:
+                    grad *= 1 - tanh * tanh
+                grad = ws.low[:e - s].copy_(grad) if ctx.dtype != torch.float32 else grad
+                if grad_hidden is not None:
+                    grad_hidden[s:e] = (grad @ w).to(hidden.dtype)
+                if grad_weight is not None:  # fp32 across chunks, as TRL: no rounding per chunk
+                    grad_weight.addmm_(grad.t().float(), h.float())
+                if grad_bias is not None:
+                    grad_bias += grad.sum(0, dtype=torch.float32)
+        return (grad_hidden,
+                grad_weight.to(weight.dtype) if grad_weight is not None else None,
+                grad_bias.to(bias.dtype) if grad_bias is not None else None,
+                None, None, None, None, None, None)
 
     return _CpuLogProbFunction
 
@@ -156,16 +172,16 @@ def _chunks(n: int, vocab: int):
     return ((s, min(s + step, n)) for s in range(0, n, step))
 
 
-def _logits(hidden, weight, bias, dtype, transform):
+def _logits(hidden, w, bias, dtype, transform):
     """fp32 logits [tokens, V] of one chunk after TRL's transform (logit scale, softcap, 1/temperature),
-    the GEMM in `dtype`; (hidden, weight, tanh of the softcap or None) for the backward; and the
-    workspace the logits live in."""
+    the GEMM in `dtype` (`w` is the weight in it already); (hidden in `dtype`, tanh of the softcap or
+    None) for the backward; and the workspace the logits live in."""
     import torch
 
     inv_t, softcap, logit_scale = transform
-    h, w = hidden.to(dtype), weight.to(dtype)
+    h = hidden.to(dtype)
     n, vocab = h.shape[0], w.shape[0]
-    ws = _workspace(vocab, dtype, h.device)
+    ws = _workspace(n, vocab, dtype, h.device)
     z = ws.z[:n]
     if dtype == torch.float32:
         torch.mm(h, w.t(), out=z)
@@ -181,7 +197,7 @@ def _logits(hidden, weight, bias, dtype, transform):
         torch.mul(tanh, softcap, out=z)
     if inv_t != 1.0:
         z *= inv_t
-    return z, (h, w, tanh), ws
+    return z, (h, tanh), ws
 
 
 @dataclass
@@ -194,18 +210,19 @@ class _Workspace:
 _kept: dict = {}
 
 
-def _workspace(vocab: int, dtype, device) -> _Workspace:
-    """Kept from step to step: allocated anew, tensors this large are mmapped and every page is
-    faulted in again (glibc), which cost as much as the arithmetic (docs/benchmarks.md)."""
+def _workspace(rows: int, vocab: int, dtype, device) -> _Workspace:
+    """Buffers for a chunk of `rows` tokens, kept from step to step (grown when a chunk is larger):
+    allocated anew, tensors this large are mmapped and every page is faulted in again (glibc),
+    which cost as much as the arithmetic (docs/benchmarks.md)."""
     import torch
 
-    rows = max(1, TILE_ELEMENTS // max(1, vocab))  # as _chunks
-    key = (rows, vocab, dtype, str(device))
-    if key not in _kept:
+    key = (vocab, dtype, str(device))
+    ws = _kept.get(key)
+    if ws is None or ws.z.shape[0] < rows:
         _kept.clear()  # one model trains at a time: keep one workspace
-        _kept[key] = _Workspace(*(torch.empty(rows, vocab, dtype=d, device=device)
-                                  for d in (torch.float32, torch.float32, dtype)))
-    return _kept[key]
+        ws = _kept[key] = _Workspace(*(torch.empty(rows, vocab, dtype=d, device=device)
+                                       for d in (torch.float32, torch.float32, dtype)))
+    return ws
 
 
 def release_workspace() -> None:

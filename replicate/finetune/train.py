@@ -203,8 +203,10 @@ def _train(cfg: Pipeline, run_dir: Path, train_file: Path, out_dir: Path, max_us
 
     # 5. Train, resuming from the last complete checkpoint; one ledger line per run or chunk.
     chunk.set(precision=precision.as_ledger())
-    resume = run_trainer(trainer, meter_cb, run_dir, chunk, data.stats, out_dir / "checkpoints", rank)
-    release_workspace()  # the LM head's buffers (cpu_lm_head.py): not needed by what follows
+    try:
+        resume = run_trainer(trainer, meter_cb, run_dir, chunk, data.stats, out_dir / "checkpoints", rank)
+    finally:
+        release_workspace()  # the LM head's buffers (cpu_lm_head.py): not needed by what follows
     summary = meter_cb.summary(trainer.state)  # every rank: the totals are summed across processes
     result = {**summary, "resumed_from_step": _step_of(resume)}
     if meter_cb.budget_stopped:
