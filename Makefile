@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	# torch first and pinned, with pip (it reads PIP_FIND_LINKS, where a machine keeps a local CPU
 	# build): an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	# The rest (~4 GB unpacked) with uv, which downloads and installs in parallel: 30 s instead of
-	# pip's 4.7 min on a 2-core machine (docs/benchmarks.md, ".venv build"). uv does not read pip's
+	# The rest (~4 GB unpacked) with uv, which downloads and installs in parallel: ~1.5 min instead
+	# of pip's 4.7 min on a 2-core machine (docs/benchmarks.md, ".venv build"). uv does not read pip's
 	# settings: the index and local wheels a machine gives pip are passed on. Bytecode compiled at
 	# install, as pip does: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise
 	# compile its imports anew (`replicate estimate` 1.25 s instead of 0.7). pip when uv cannot.
