@@ -123,49 +123,9 @@ def test_two_cpu_replicas_serve_requests_as_the_estimate_priced(teacher_dir):
     with open_engine(cfg.teacher, max_in_flight=8, layout=teacher_layout(cfg.teacher)) as engine:
         assert engine.layout == (1, 2)
         outs = engine.complete([f"Count to {i}:" for i in range(12)], Sampling(max_tokens=8, temperature=0.0))
-        stopped_after_s, finished = _interrupt_while_decoding(engine)
-        # Ctrl-C (or a budget stop) while both replicas decode: what they run is aborted, not awaited
-        assert finished == 0 and stopped_after_s < 10, (finished, stopped_after_s)
-        assert not any(e.llm.llm_engine.has_unfinished_requests() for e in engine.engines)
     assert len(outs) == 12 and all(o.output_tokens > 0 for o in outs)
     served = {o.server for o in outs}
     assert served == {"replica-0", "replica-1"}, served
-
-
-def _interrupt_while_decoding(engine) -> tuple[float, int]:
-    """SIGINT the main thread 1 s into 8 generations that cannot end early; (seconds from the
-    signal until the stream has stopped, completions received)."""
-    import signal
-    import threading
-    import time
-
-    from replicate.engines import Request, Sampling
-
-    todo = [Request(str(i), "Sing along:", seed=i) for i in range(8)]
-
-    def feed(n):
-        got, todo[:] = todo[:n], todo[n:]
-        return got
-
-    # Structured output forces 300 repetitions (EOS is not allowed before the match is complete),
-    # so each request decodes 300-400 tokens: far past the signal, whatever the model would have
-    # said (without the abort, this machine took 36 s to stop; with it, well under 10).
-    forced = Sampling(max_tokens=400, temperature=0.0, regex="(la ){300}")
-    fired = {}
-
-    def interrupt():
-        fired["t"] = time.perf_counter()
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-    timer, finished = threading.Timer(1.0, interrupt), 0
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            for _ in engine.stream(feed, forced):
-                finished += 1
-    finally:
-        timer.cancel()
-    return time.perf_counter() - fired["t"], finished
 
 
 
