@@ -31,6 +31,10 @@ PROMPT_NO_INPUT = (
 )
 RESPONSE_MARKER = "### Response:"
 """The prompt ends here; a model that learned the format answers after it and then stops."""
+ALPACA_STOP = ("\n### Instruction:", "\n### Input:", "\n### Response:")
+"""Where an answer to the Alpaca prompt ends for a model that did not learn to stop (a base model
+writes the template's next section, then answers that): the template's own headers, not any "###",
+which a teacher's markdown answer may hold as a heading."""
 
 
 def alpaca_prompt(instruction: str, input: str = "") -> str:

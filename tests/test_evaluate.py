@@ -237,6 +237,30 @@ def test_cli_needs_a_pipeline_or_all_three_models(capsys):
 
 
 @pytest.mark.slow
+def test_alpaca_prompted_models_stop_at_the_templates_next_header(tmp_path, teacher_dir, tiny_dir, instructions):
+    """The base (and a student given the Alpaca prompt) stop where the template's next section
+    would begin, in open answers and probes; a chat model is not cut; the teacher keeps its
+    reference format's stop for open answers. The stop is part of the cache's identity."""
+    from replicate.prompts import ALPACA_STOP
+
+    cfg = _cfg(teacher_dir, tiny_dir, instructions)
+    base, student, teacher = generations.contenders(cfg, [tiny_dir])
+    item = {"id": "x", "instruction": "Name a colour."}
+    for c in (base, student):
+        assert not c.chat
+        assert {kind: s.stop for kind, _, s in generations._jobs(c, [item], [item], cfg.evaluate)} == \
+            {"open": ALPACA_STOP, "probe": ALPACA_STOP}
+    assert teacher.chat
+    kinds = {kind: s.stop for kind, _, s in generations._jobs(teacher, [item], [item], cfg.evaluate)}
+    assert kinds == {"open": teacher.reference.stop, "sample": teacher.reference.stop, "probe": ()}
+    path, meta, _ = generations._cache(tmp_path, base, cfg.evaluate)
+    assert meta["stop"]["open"] == list(ALPACA_STOP)
+    first = read_jsonl(path)[0]  # a cache made without the stop is not reused
+    first["meta"]["stop"] = {"open": [], "probe": []}
+    path.write_text(json.dumps(first) + "\n" + json.dumps({"key": "open:x:0", "output": "old"}) + "\n")
+    assert generations._cache(tmp_path, base, cfg.evaluate)[2] == {}
+
+
 def test_teacher_reference_in_its_training_format(tmp_path, teacher_vllm, teacher_dir, tiny_dir, instructions):
     """teacher_format: training with self-instruct data: the teacher answers each open item as
     item 4 of its own list (greedy, and once more sampled for the ceiling); the answers are cut at

@@ -82,6 +82,26 @@ def _env(cache: Path) -> dict:
     return {**os.environ, "REPLICATE_CACHE": str(cache)}
 
 
+def test_one_gguf_parse_reads_the_same_fields_and_tensors_once(tmp_path):
+    import gguf
+    import numpy as np
+
+    path = weights._gguf_source(weights.PACKAGED["smollm2-135m-instruct"], tmp_path)
+    own = gguf.GGUFReader(path)
+    with weights.one_gguf_parse():
+        shared = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is shared, "a second parse of the same file inside the block"
+    assert gguf.GGUFReader is type(own), "the block must restore gguf's reader"
+    assert list(shared.fields) == list(own.fields)
+    for name, a in own.fields.items():
+        b = shared.fields[name]
+        assert (a.data, a.types, a.offset) == (b.data, b.types, b.offset), name
+        assert len(a.parts) == len(b.parts) and all(np.array_equal(x, y) for x, y in zip(a.parts, b.parts)), name
+    assert [(t.name, t.tensor_type, t.data_offset) for t in own.tensors] == \
+        [(t.name, t.tensor_type, t.data_offset) for t in shared.tensors]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(own.tensors, shared.tensors))
+
+
 @pytest.mark.slow  # converts a packaged model (minutes on a fresh machine)
 def test_killed_conversion_leaves_nothing_counted_and_resolve_recovers(tmp_path):
     cache = tmp_path / "cache"
