@@ -287,6 +287,25 @@ def test_api_generation_bills_the_self_instruct_overhead():
     assert half_keep.stage("generate").usd == pytest.approx(2 * expected)
 
 
+def test_evaluation_counts_held_out_items_and_the_teachers_second_answers():
+    """Every open item (the eval sets' and the held-out rows the generate stage writes) is answered
+    by base, student and teacher, and by the teacher a second time (sampled); the judge sees each."""
+    def ev(examples=40, held=20, fraction=0.1, judge=None):
+        c = cfg(teacher={"model": "gpt-4o-mini", "backend": "openai"},
+                generate={"examples": 300, "held_out_fraction": fraction},
+                evaluate={"examples": examples, "probes": 40, "held_out_examples": held, "judge": judge})
+        return estimate_pipeline(c).stage("evaluate")
+
+    base = ev()
+    assert base.detail["outputs"] == 40 + 20 + 40 and base.detail["teacher_samples"] == 60
+    assert ev(fraction=0.05).detail["outputs"] == 40 + 15 + 40  # only 15 rows are held out at 5%
+    assert ev(held=0).detail["teacher_samples"] == 40
+    base_req, student_req, teacher_req = (p["requests"] for p in base.detail["parts"])
+    assert base_req == student_req == 100 and teacher_req == 160
+    judged = ev(judge={"model": "gpt-4o-mini", "backend": "openai"})
+    assert judged.detail["judged_pairs"] == 60 and judged.usd > base.usd
+
+
 def test_selfhosted_decode_is_memory_bound_small_and_compute_bound_large():
     a100, shape = catalog.hardware("a100-80gb"), catalog.model_shape("llama-3.1-8b")
     p = dict(DEFAULTS)

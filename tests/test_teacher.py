@@ -2,6 +2,7 @@
 (`transformers serve`), retries against a scripted loopback server, the transformers fallback."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -184,3 +185,30 @@ def test_a_loaded_machine_is_named_before_the_cpu_engine_starts(monkeypatch, cap
     monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
     engine.warn_if_loaded()
     assert caplog.text == ""
+
+
+TRACKER_SCRIPT = """
+import json, multiprocessing as mp, time
+from multiprocessing import resource_tracker
+from replicate.engines.vllm import _descendants, started_since, stop_processes
+if __name__ == "__main__":
+    before = {p.pid for p in _descendants()}
+    child = mp.get_context("spawn").Process(target=time.sleep, args=(60,))
+    child.start()  # spawn starts multiprocessing's resource tracker, as vLLM's engine start does
+    tracker = resource_tracker._resource_tracker._pid
+    procs = started_since(before)
+    child.terminate()
+    stop_processes(procs)
+    print(json.dumps({"tracker": tracker, "child": child.pid, "procs": [p.pid for p in procs],
+                      "new": sorted({p.pid for p in _descendants()} - before)}))
+"""
+
+
+def test_an_engines_processes_leave_out_this_processs_resource_tracker():
+    """What close waits for is what the engine started, not multiprocessing's resource tracker,
+    which never exits before its parent: waiting for it cost every engine close 10 s."""
+    out = subprocess.run([sys.executable, "-c", TRACKER_SCRIPT], capture_output=True, text=True, timeout=60, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["tracker"] and r["tracker"] != r["child"]
+    assert r["procs"] == [r["child"]]
+    assert r["new"] == [r["tracker"]], "the tracker must stay up for the next engine; the child must be gone"

@@ -207,28 +207,36 @@ def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None, soft
 
 def evaluate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> StageEstimate:
     """Eval outputs of base, student (self-hosted) and teacher, plus judge tokens (both orders)."""
-    e = cfg.evaluate
+    from replicate.generate.dataset import rows_needed
+
+    e, g = cfg.evaluate, cfg.generate
     completion = min((cfg.data.completion_tokens or ALPACA.completion_tokens), e.max_tokens)
     prompt = cfg.data.prompt_tokens or ALPACA.prompt_tokens
-    n_req = e.examples + e.probes
+    # The open items: the eval sets' and up to held_out_examples of the rows the generate stage holds out.
+    opens = e.examples + min(e.held_out_examples, rows_needed(g.examples, g.held_out_fraction) - g.examples)
+    n_req = opens + e.probes
     if n_req == 0:
         return StageEstimate("evaluate", 0, 0, 0, 0, 0, "none", {"note": "evaluate.examples and probes are 0"})
     probe_out = getattr(e, "probe_max_tokens", PROBE_OUTPUT_TOKENS)
-    out = (e.examples * completion + e.probes * probe_out) / n_req
-    inp = (e.examples * prompt + e.probes * PROBE_PROMPT_TOKENS) / n_req
+    out = (opens * completion + e.probes * probe_out) / n_req
+    inp = (opens * prompt + e.probes * PROBE_PROMPT_TOKENS) / n_req
+    # The teacher answers each open item twice: greedy, and sampled as in generate (the fidelity ceiling).
+    t_req = n_req + opens
+    t_out, t_inp = (out * n_req + completion * opens) / t_req, (inp * n_req + prompt * opens) / t_req
     local = cfg.teacher.model_copy(update={"model": cfg.student.model, "backend": "vllm", "dtype": e.dtype})
     hw = e.hardware or (cfg.teacher.hardware if cfg.teacher.backend != "openai" else cfg.finetune.hardware)
     chunk = e.requests_per_batch  # the stage hands each model its prompts this many at a time
     parts = [_generation("evaluate", "student", local, n_req, inp, out, year, calibration, source, hw, chunk),  # base
              _generation("evaluate", "student", local, n_req, inp, out, year, calibration, source, hw, chunk),
-             _generation("evaluate", "teacher", cfg.teacher, n_req, inp, out, year, calibration, source,
+             _generation("evaluate", "teacher", cfg.teacher, t_req, t_inp, t_out, year, calibration, source,
                          hw if cfg.teacher.backend != "openai" else None, chunk)]
     if e.judge is not None:
         judge_prompt = JUDGE_TEMPLATE_TOKENS + prompt + 2 * completion
-        parts.append(_generation("evaluate", "evaluate.judge", e.judge, 2 * e.examples, judge_prompt,
+        parts.append(_generation("evaluate", "evaluate.judge", e.judge, 2 * opens, judge_prompt,
                                  JUDGE_OUTPUT_TOKENS, year, calibration, source, hw if e.judge.backend != "openai" else None))
-    detail = {"outputs": n_req, "judged_pairs": e.examples if e.judge else 0,
-              "parts": [{"device": s.device, "usd": s.usd, "wall_hours": s.wall_hours} for s in parts]}
+    detail = {"outputs": n_req, "teacher_samples": opens, "judged_pairs": opens if e.judge else 0,
+              "parts": [{"device": s.device, "usd": s.usd, "wall_hours": s.wall_hours, "requests": s.detail.get("requests")}
+                      for s in parts]}
     devices = sorted({s.device for s in parts if s.device != "none"})
     return StageEstimate("evaluate", sum(s.usd for s in parts), sum(s.gpu_hours for s in parts),
                          sum(s.wall_hours for s in parts), sum(s.usd_low for s in parts),

