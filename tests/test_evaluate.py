@@ -190,8 +190,7 @@ def test_constant_answer_scores_near_zero_even_when_the_judge_is_fooled(run_a, t
     cfg = _cfg(teacher_dir, tiny_dir, instructions, judge_url="http://127.0.0.1:9/v1")
     (student,) = [c for c in generations.contenders(cfg, [tiny_dir]) if c.role == "student"]
     # the degenerate model: the same answer to everything (and nothing at all to one prompt)
-    own = {k: v for k, v in teacher_rows[0]["meta"].items() if k not in ("reference", "sample")}  # the teacher's only
-    meta = {"meta": {**own, "model": list(student.signature), "max_len": student.max_len}}
+    meta = {"meta": generations.cache_meta(student, cfg.evaluate)}
     rows = [meta] + [{"key": r["key"], "output": "" if i == 1 else CONSTANT} for i, r in enumerate(teacher_rows[1:])]
     (gens / "student.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     teacher_texts = {r["output"] for r in teacher_rows[1:]}
