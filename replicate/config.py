@@ -8,6 +8,7 @@ Each stage section is owned by its stage; the cost model reads all of them.
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -146,6 +147,16 @@ class Generate(Strict):
     keeps ~3x more rows per output token this way (docs/generate.md); Alpaca parsed free text."""
     held_out_fraction: float = Field(0.05, ge=0, lt=1)
     """Share of kept rows written to data/held_out.jsonl instead of train.jsonl."""
+
+
+def rows_needed(examples: int, held_out_fraction: float) -> int:
+    """Kept rows for `examples` training rows once every held-out row is set aside (the generate
+    stage writes them; the cost model counts the held-out ones the evaluation answers).
+    E.g. 1000 train rows at f = 0.05 -> 1052 kept (52 held out)."""
+    n = examples
+    while n - math.floor(n * held_out_fraction) < examples:
+        n += 1
+    return n
 
 
 class Data(Strict):

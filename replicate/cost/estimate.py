@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from replicate.config import Pipeline
+from replicate.config import Pipeline, rows_needed
 from replicate.cost import catalog
 from replicate.cost.generation import NoFitInference, api_wall_s, generation_layout, selfhosted_time
 from replicate.cost.params import DEFAULTS, RECIPES, at_key, check_calibration, params_for, stack, usd_range
@@ -207,8 +207,6 @@ def finetune_stage(cfg: Pipeline, year: int, calibration=None, source=None, soft
 
 def evaluate_stage(cfg: Pipeline, year: int, calibration=None, source=None) -> StageEstimate:
     """Eval outputs of base, student (self-hosted) and teacher, plus judge tokens (both orders)."""
-    from replicate.generate.dataset import rows_needed
-
     e, g = cfg.evaluate, cfg.generate
     completion = min((cfg.data.completion_tokens or ALPACA.completion_tokens), e.max_tokens)
     prompt = cfg.data.prompt_tokens or ALPACA.prompt_tokens

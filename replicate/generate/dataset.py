@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from replicate import cards, files, rundir
+from replicate.config import rows_needed  # noqa: F401 - the stage's name for it
 from replicate.errors import UserError
 
 LOG = "log.jsonl"
@@ -79,15 +80,6 @@ def read_log(data_dir: Path) -> list[dict]:
                             f"fix or delete it (or delete {data_dir} to generate anew)") from None
         out.append(row)
     return out
-
-
-def rows_needed(examples: int, held_out_fraction: float) -> int:
-    """Kept rows for `examples` training rows once every held-out row is set aside.
-    E.g. 1000 train rows at f = 0.05 -> 1052 kept (52 held out)."""
-    n = examples
-    while n - math.floor(n * held_out_fraction) < examples:
-        n += 1
-    return n
 
 
 def is_held_out(position: int, fraction: float) -> bool:
